@@ -1,0 +1,123 @@
+"""The model spec: the one source of truth for using a trained model.
+
+It travels with every artifact (checkpoint, ONNX ``metadata_props``, TensorRT
+sidecar, Parquet schema metadata), so preprocessing, the probability rule and the
+decision threshold can never drift between training, export and scoring.
+It holds plain types only so ``torch.load(..., weights_only=True)`` can read it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+SPEC_METADATA_KEY = "fracture_batch.model_spec"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ResizeMode(str, enum.Enum):
+    """How a radiograph of any aspect ratio becomes the square model input."""
+
+    # Whole image squashed to input_size x input_size: nothing at the border is cropped
+    # away (a fracture near the film edge still reaches the model).
+    SQUASH = "squash"
+    # torchvision's classic eval rule: shorter side to resize_size, centre crop input_size.
+    SHORTER_SIDE_CENTER_CROP = "shorter_side_center_crop"
+
+
+class ThresholdMethod(str, enum.Enum):
+    DEFAULT = "default"  # 0.5 on the calibrated probability
+    TARGET_SENSITIVITY = "target_sensitivity"
+    YOUDEN = "youden"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    class_names: tuple[str, ...] = ("fractured", "not_fractured")
+    positive_class: str = "fractured"
+    arch: str = "resnet50"
+    input_size: int = 224
+    resize_mode: ResizeMode = ResizeMode.SQUASH
+    resize_size: int = 256  # used by SHORTER_SIDE_CENTER_CROP only
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    # Grayscale radiographs are replicated to the 3 channels an ImageNet backbone expects.
+    gray_to_rgb: str = "replicate"
+    threshold: float = 0.5
+    threshold_method: ThresholdMethod = ThresholdMethod.DEFAULT
+    threshold_detail: str = ""
+    temperature: float = 1.0
+    pretrained: str = "none"
+    data_fingerprint: str = ""
+    weights_sha256: str = ""
+    versions: Mapping[str, str] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.positive_class not in self.class_names:
+            raise ValueError(f"positive_class {self.positive_class!r} not in {self.class_names}")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0")
+
+    @property
+    def positive_index(self) -> int:
+        return self.class_names.index(self.positive_class)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def replace(self, **changes: Any) -> "ModelSpec":
+        return dataclasses.replace(self, **changes)
+
+    # ---- serialisation: plain JSON types only ------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, enum.Enum):
+                v = v.value
+            elif isinstance(v, tuple):
+                v = list(v)
+            elif isinstance(v, Mapping):
+                v = dict(v)
+            out[f.name] = v
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        for name in ("class_names", "mean", "std"):
+            if name in kw:
+                kw[name] = tuple(kw[name])
+        if "resize_mode" in kw:
+            kw["resize_mode"] = ResizeMode(kw["resize_mode"])
+        if "threshold_method" in kw:
+            kw["threshold_method"] = ThresholdMethod(kw["threshold_method"])
+        return cls(**kw)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "ModelSpec":
+        return cls.from_dict(json.loads(text))
+
+    # ---- the probability and decision rule, used by every backend ----------------
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated P(positive class) from raw logits of shape (N, num_classes)."""
+        z = np.asarray(logits, dtype=np.float64) / self.temperature
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        p = e / e.sum(axis=1, keepdims=True)
+        return p[:, self.positive_index].astype(np.float32)
+
+    def labels(self, prob_positive: np.ndarray) -> list[str]:
+        negative = next(c for c in self.class_names if c != self.positive_class)
+        return [self.positive_class if p >= self.threshold else negative for p in prob_positive]
