@@ -1,0 +1,151 @@
+"""The model files a benchmark runs: an export directory, or ones made for the run.
+
+``--model`` may be an export directory (``model.onnx``, ``model.fp16.onnx``,
+``model.int8.onnx``, ``model.int8.trt.onnx``, optionally ``model.pt``) or a checkpoint.
+Without it the bench builds a randomly initialised model of the chosen arch (speed does
+not depend on the weights' values) and exports it itself: fp32 with the torch exporter,
+int8 as uint8-activation Q/DQ via onnxruntime's static quantiser calibrated on a few
+synthetic radiograph-like inputs. Files made here carry the model spec in their
+metadata like export's, so the real backends load them unchanged.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fracture_batch.spec import SPEC_METADATA_KEY, ModelSpec
+
+log = logging.getLogger(__name__)
+
+ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx",
+              "int8.trt": "model.int8.trt.onnx"}
+
+
+@dataclass(frozen=True)
+class ModelArtifacts:
+    spec: ModelSpec
+    checkpoint: Path | None
+    onnx: dict[str, Path] = field(default_factory=dict)  # variant -> file
+    source: str = ""
+
+
+def flops_per_image(arch: str, input_size: int, num_classes: int = 2) -> float:
+    """FLOPs (2 x MAC of convs and matmuls) for one image, counted by torch."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fracture_batch.models import create_model
+
+    model = create_model(arch, num_classes).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, input_size, input_size))
+    return float(counter.get_total_flops())
+
+
+def resolve_artifacts(model: str | Path | None, workdir: Path, *, arch: str = "resnet50",
+                      input_size: int = 224, int8: bool = True) -> ModelArtifacts:
+    workdir.mkdir(parents=True, exist_ok=True)
+    if model is not None:
+        model = Path(model)
+        if model.is_dir():
+            return _from_dir(model)
+        if model.suffix == ".onnx":
+            from fracture_batch.onnx_meta import read_spec_from_onnx
+
+            return ModelArtifacts(read_spec_from_onnx(model), None, {"fp32": model}, f"given file {model}")
+        from fracture_batch.models import load_checkpoint
+
+        torch_model, spec = load_checkpoint(model)
+        source = f"checkpoint {model}, exported by the bench"
+        ckpt = model
+    else:
+        from fracture_batch.models import create_model, save_checkpoint
+
+        spec = ModelSpec(arch=arch, input_size=input_size)
+        torch_model = create_model(arch, spec.num_classes).eval()
+        ckpt = workdir / "model.pt"
+        spec = save_checkpoint(ckpt, torch_model, spec)
+        source = f"random-weight {arch} at {input_size} px, exported by the bench"
+    onnx_files = {"fp32": _export_fp32(torch_model, spec, workdir / ONNX_FILES["fp32"])}
+    if int8:
+        onnx_files["int8"] = _quantize_int8(onnx_files["fp32"], spec, workdir / ONNX_FILES["int8"])
+    return ModelArtifacts(spec, ckpt, onnx_files, source)
+
+
+def _from_dir(d: Path) -> ModelArtifacts:
+    from fracture_batch.onnx_meta import read_spec_from_onnx
+
+    files = {v: d / name for v, name in ONNX_FILES.items() if (d / name).is_file()}
+    if "fp32" not in files and not (d / "model.pt").is_file():
+        raise FileNotFoundError(f"{d} has neither model.onnx nor model.pt (run `fracture-batch export`)")
+    ckpt = d / "model.pt" if (d / "model.pt").is_file() else None
+    if files:
+        spec = read_spec_from_onnx(next(iter(files.values())))
+    else:
+        from fracture_batch.models import load_checkpoint
+
+        spec = load_checkpoint(ckpt)[1]
+    return ModelArtifacts(spec, ckpt, files, f"export directory {d}")
+
+
+def _stamp(path: Path, spec: ModelSpec, variant: str) -> None:
+    import onnx
+
+    m = onnx.load(str(path))
+    entry = m.metadata_props.add()
+    entry.key, entry.value = SPEC_METADATA_KEY, spec.to_json()
+    entry = m.metadata_props.add()
+    entry.key, entry.value = "fracture_batch.variant", variant
+    onnx.save_model(m, str(path))
+
+
+def _export_fp32(torch_model, spec: ModelSpec, path: Path) -> Path:
+    import torch
+
+    x = torch.zeros(2, 3, spec.input_size, spec.input_size)
+    with torch.no_grad():
+        # The TorchScript exporter: a few seconds for ResNet50, no onnxscript optimiser
+        # pass needed; BatchNorm is folded by onnxruntime at session creation anyway.
+        torch.onnx.export(torch_model.eval(), (x,), str(path), input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                          opset_version=17, dynamo=False)
+    _stamp(path, spec, "fp32")
+    return path
+
+
+class _CalibReader:
+    """A few radiograph-like inputs (smooth gray ramps + noise, normalised by the spec)."""
+
+    def __init__(self, spec: ModelSpec, n: int = 8):
+        from fracture_batch.preprocess import normalize_gray
+
+        rng = np.random.default_rng(0)
+        s = spec.input_size
+        ramp = np.linspace(0, 1, s, dtype=np.float32)[None, :] * np.ones((s, 1), np.float32)
+        self.items = [{"input": normalize_gray(np.clip(ramp * rng.uniform(0.3, 1) + rng.normal(0, 0.1, (s, s)), 0, 1)
+                                               .astype(np.float32), spec)[None]} for _ in range(n)]
+
+    def get_next(self):
+        return self.items.pop() if self.items else None
+
+    def rewind(self):  # some onnxruntime versions call it
+        pass
+
+
+def _quantize_int8(fp32: Path, spec: ModelSpec, path: Path) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    # The quantiser's own advice: optimise + infer shapes first, so Conv biases are
+    # initializers (quantised to int32) and every Conv gets its Q/DQ pair.
+    pre = path.with_name("model.preprocessed.onnx")
+    quant_pre_process(str(fp32), str(pre))
+    reader = type("Reader", (_CalibReader, CalibrationDataReader), {})(spec)
+    quantize_static(str(pre), str(path), reader, quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    pre.unlink(missing_ok=True)
+    _stamp(path, spec, "int8")
+    return path
