@@ -1,0 +1,65 @@
+"""The one small interface every inference backend implements."""
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from fracture_batch.spec import ModelSpec
+
+
+class BackendKind(str, enum.Enum):
+    AUTO = "auto"
+    ONNXRUNTIME = "onnxruntime"
+    TENSORRT = "tensorrt"
+    TORCH = "torch"
+
+
+class DeviceKind(str, enum.Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class BackendError(Exception):
+    """A fatal backend problem (model unreadable, backend missing, wrong GPU); say what to do."""
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    intra_op_threads: int = 0  # 0: the library default (all cores)
+    amp: bool = False  # torch: bf16 autocast on CPU, fp16 on CUDA
+    engine_cache_dir: str | None = None  # onnxruntime TensorRT EP engine cache
+    device_id: int = 0
+
+
+class Backend(Protocol):
+    kind: BackendKind
+    device: DeviceKind
+    spec: ModelSpec
+    description: str  # one line for the summary: library, version, provider, threads
+    max_batch: int | None  # None: any batch size
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(N, 3, S, S) float32 normalised input -> (N, num_classes) float32 logits."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_input(x: np.ndarray, spec: ModelSpec) -> None:
+    s = spec.input_size
+    if x.ndim != 4 or x.shape[1:] != (3, s, s):
+        raise ValueError(f"expected a batch of shape (N, 3, {s}, {s}), got {x.shape}")

@@ -1,0 +1,59 @@
+"""torch backend: eager model from a checkpoint, channels_last, inference_mode, optional autocast.
+
+``--amp``: bf16 autocast on CPU (fast where the CPU has AVX512-BF16/AMX, emulated and
+slow elsewhere, hence opt-in), fp16 autocast on CUDA.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from fracture_batch.backends.base import BackendError, BackendKind, BackendOptions, DeviceKind, check_input
+
+log = logging.getLogger(__name__)
+
+
+class TorchBackend:
+    kind = BackendKind.TORCH
+    max_batch = None
+
+    def __init__(self, model_path: str | Path, device: DeviceKind, options: BackendOptions):
+        import torch
+
+        from fracture_batch.models import CheckpointError, load_checkpoint
+
+        if device is DeviceKind.CUDA and not torch.cuda.is_available():
+            raise BackendError("--device cuda but torch sees no CUDA GPU; use --device cpu")
+        try:
+            model, self.spec = load_checkpoint(model_path)
+        except CheckpointError as exc:
+            raise BackendError(str(exc)) from None
+        if options.intra_op_threads > 0:
+            torch.set_num_threads(options.intra_op_threads)
+        self.torch = torch
+        self.device = device
+        self.torch_device = torch.device(f"cuda:{options.device_id}" if device is DeviceKind.CUDA else "cpu")
+        self.model = model.to(self.torch_device).to(memory_format=torch.channels_last).eval()
+        self.amp_dtype = None
+        if options.amp:
+            self.amp_dtype = torch.float16 if device is DeviceKind.CUDA else torch.bfloat16
+        amp = f", autocast {str(self.amp_dtype).replace('torch.', '')}" if self.amp_dtype else ", fp32"
+        self.description = f"torch {torch.__version__} on {self.torch_device}{amp}, threads {torch.get_num_threads()}"
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        check_input(x, self.spec)
+        torch = self.torch
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.torch_device, non_blocking=True)
+        t = t.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            if self.amp_dtype is not None:
+                with torch.autocast(device_type=self.torch_device.type, dtype=self.amp_dtype):
+                    out = self.model(t)
+            else:
+                out = self.model(t)
+        return out.float().cpu().numpy()
+
+    def close(self) -> None:
+        self.model = None

@@ -1,0 +1,86 @@
+"""`fracture-batch score`: stream input directories through a model into a Parquet dataset."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from fracture_batch.backends.base import BackendKind, DeviceKind
+
+
+def _choice(enum_cls) -> click.Choice:
+    return click.Choice([e.value for e in enum_cls], case_sensitive=False)
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--model", "model", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="Model file to score with: .onnx (onnxruntime), .plan + .json sidecar (TensorRT), or .pt (torch).")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="Output directory (a Parquet dataset). Created if its parent exists; re-running resumes.")
+@click.option("--backend", type=_choice(BackendKind), default="auto",
+              help="Inference backend. auto: chosen from the model file type and the device, and printed.")
+@click.option("--device", type=_choice(DeviceKind), default="auto",
+              help="auto: CUDA when a GPU and a CUDA-capable backend are present, else CPU.")
+@click.option("--decoder", type=click.Choice(["auto", "dali", "python"]), default="auto",
+              help="Decoder family. auto: DALI on a GPU, the Python decoders (PIL/pydicom) on CPU.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, help="Images per inference batch.")
+@click.option("--decode-workers", type=click.IntRange(0), default=0,
+              help="Decode workers (0: a quarter of the cores, at least 1; the rest go to inference).")
+@click.option("--intra-op-threads", type=click.IntRange(0), default=0,
+              help="Inference threads (0: the cores not used by decode workers).")
+@click.option("--decode-isolation", type=click.Choice(["process", "thread"]), default="process",
+              help="process: each decode worker uses a child process, so --decode-timeout is enforced by "
+                   "killing it. thread: decode in threads (less overhead, no hard timeout).")
+@click.option("--decode-timeout", type=click.FloatRange(min=0.1), default=60.0,
+              help="Seconds one file may take to decode before it becomes an error row (process isolation).")
+@click.option("--part-rows", type=click.IntRange(1), default=5000,
+              help="Rows per Parquet part; a part is committed atomically (temp name, fsync, rename).")
+@click.option("--part-seconds", type=click.FloatRange(min=0.0), default=60.0,
+              help="Commit a part at least this often, so a long run loses little when killed.")
+@click.option("--resume/--no-resume", default=True,
+              help="Skip inputs already in committed parts of --out. --no-resume refuses a non-empty --out.")
+@click.option("--overwrite", is_flag=True, help="Remove this tool's existing parts in --out and start again.")
+@click.option("--max-pixels", type=click.IntRange(1), default=100_000_000,
+              help="Refuse (error row) images with more pixels than this: protects memory from decode bombs.")
+@click.option("--dicom-ids", type=click.Choice(["hash", "keep", "drop"]), default=None,
+              help="How DICOM Study/Series/SOP Instance UIDs reach the output (default: the decoder's, hash).")
+@click.option("--amp", is_flag=True, help="torch backend: autocast (bf16 on CPU, fp16 on CUDA).")
+@click.option("--engine-cache", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="onnxruntime TensorRT EP engine cache directory (default: OUT/_engine_cache).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+def score(inputs, model, out, backend, device, decoder, batch_size, decode_workers, intra_op_threads,
+          decode_isolation, decode_timeout, part_rows, part_seconds, resume, overwrite, max_pixels, dicom_ids,
+          amp, engine_cache, progress):
+    """Score every file under INPUTS (directories or files, walked recursively) into --out.
+
+    One Parquet row per input file: path, relpath, status (ok|error), error, prob_fractured,
+    pred_label, threshold, model_sha256 and decode facts; the model spec is in the schema
+    metadata. A bad file becomes an error row and the run goes on. Re-run the same command
+    after an interruption to resume; `_SUCCESS` in --out marks a finished run.
+    """
+    from fracture_batch.backends import BackendError
+    from fracture_batch.cli.score_report import ProgressBar, format_summary, start_line
+    from fracture_batch.runner import ScoreAborted, ScoreConfig, score as run_score
+    from fracture_batch.runner_support import DecodeIsolation
+    from fracture_batch.sink import SinkError
+
+    cfg = ScoreConfig(
+        inputs=tuple(inputs), model=model, out=out, backend=BackendKind(backend), device=DeviceKind(device),
+        decoder=decoder, batch_size=batch_size, decode_workers=decode_workers, intra_op_threads=intra_op_threads,
+        decode_isolation=DecodeIsolation(decode_isolation), decode_timeout=decode_timeout, part_rows=part_rows,
+        part_seconds=part_seconds, resume=resume, overwrite=overwrite, max_pixels=max_pixels,
+        identifier_mode=dicom_ids, amp=amp, engine_cache_dir=engine_cache,
+    )
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = ProgressBar(enabled=show)
+    try:
+        summary = run_score(cfg, on_progress=bar.update, on_start=lambda s: click.echo(start_line(s), err=True))
+    except (SinkError, BackendError, ScoreAborted) as exc:
+        bar.close()
+        raise click.ClickException(str(exc)) from None
+    except RuntimeError as exc:  # e.g. --decoder dali without DALI
+        bar.close()
+        raise click.ClickException(str(exc)) from None
+    bar.close()
+    click.echo(format_summary(summary))

@@ -1,0 +1,59 @@
+"""Terminal output of `score`: a tqdm progress bar and the end-of-run summary table."""
+from __future__ import annotations
+
+
+def start_line(s) -> str:
+    """Which backend/device/decoder was picked, and why (printed before any input is read)."""
+    return (f"backend {s.backend} on {s.device} ({s.backend_reason}); {s.backend_detail}; "
+            f"decoder {s.decoder}, {s.threads.get('decode_workers')} worker(s)")
+
+
+class ProgressBar:
+    """tqdm over rows committed, created on first use; the total appears once discovery ends."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._bar = None
+
+    def update(self, done: int, total: int | None) -> None:
+        if not self.enabled:
+            return
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=None, unit="img", desc="scoring", dynamic_ncols=True)
+        if total is not None and self._bar.total != total:
+            self._bar.total = total
+            self._bar.refresh()
+        if done > self._bar.n:
+            self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def format_summary(s) -> str:
+    rows = [
+        ("files found", f"{s.files_seen:,}"),
+        ("already done (resumed)", f"{s.already_done:,}"),
+        ("scored this run", f"{s.scored:,}"),
+        ("  ok", f"{s.ok:,}"),
+        ("  errors", f"{s.errors:,}"),
+        ("skipped (not files)", f"{len(s.skipped):,}"),
+        ("rows in dataset", f"{s.dataset_rows:,}"),
+        ("time", f"{s.seconds:.1f} s"),
+        ("images/s", f"{s.images_per_s:.1f}"),
+        ("backend", f"{s.backend} on {s.device} ({s.backend_reason})"),
+        ("", s.backend_detail),
+        ("decoder", f"{s.decoder}, {s.threads.get('decode_workers')} worker(s)"),
+        ("output", s.out),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    for item in s.skipped[:10]:
+        lines.append(f"  skipped {item['path']}: {item['reason']}")
+    if len(s.skipped) > 10:
+        lines.append(f"  … and {len(s.skipped) - 10} more (see _SUCCESS)")
+    return "\n".join(lines)

@@ -1,0 +1,188 @@
+"""The scorer's decode stage: files -> model inputs (or a readable error), never raising.
+
+A decoder here is anything with ``decode(files: list[InputFile]) -> list[DecodeResult]``
+(same order) and ``close()``; the runner's worker threads call it on one file (Python
+decoders) or a whole batch (DALI). Three implementations:
+- ``PythonDecoder``: ``decode.decode_file`` + ``preprocess.to_model_input`` in the calling
+  thread. PIL's decoders and resampler and numpy release the GIL for most of the work;
+  pydicom's parsing does not. No hard timeout: a thread cannot be stopped.
+- ``ProcessDecoder``: the same functions in one dedicated child process per worker, so
+  ``--decode-timeout`` is enforced by killing the child (and starting a new one) when a
+  file takes too long; that file becomes an error row.
+- ``DaliDecoder``: the decoding engineer's DALI CPU pipeline, when DALI is chosen.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fracture_batch.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_file
+from fracture_batch.discover import InputFile
+from fracture_batch.preprocess import to_model_input
+from fracture_batch.rows import dicom_columns
+from fracture_batch.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DecodeResult:
+    file: InputFile
+    tensor: np.ndarray | None  # (3, S, S) float32, None on error
+    error: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # row columns: format, width, ..., dicom_*
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    identifier_mode: str | None = None  # decoders.IdentifierMode value, passed when decode_file takes it
+
+
+def decode_one(file: InputFile, spec: ModelSpec, opts: DecodeOptions) -> DecodeResult:
+    """Decode and preprocess one file; every failure becomes a DecodeResult with an error."""
+    if file.error:
+        return DecodeResult(file, None, file.error)
+    t0 = time.perf_counter()
+    try:
+        decoded = decode_file(file.path, **_decode_kwargs(opts))
+        tensor = to_model_input(decoded.pixels, spec)
+    except DecodeError as exc:
+        return DecodeResult(file, None, str(exc), {"decode_ms": _ms(t0)})
+    except MemoryError:
+        return DecodeResult(file, None, "out of memory while decoding (image too large?)", {"decode_ms": _ms(t0)})
+    except PermissionError:
+        return DecodeResult(file, None, "permission denied: the file cannot be read", {"decode_ms": _ms(t0)})
+    except OSError as exc:
+        return DecodeResult(file, None, f"cannot read file: {exc.strerror or exc}", {"decode_ms": _ms(t0)})
+    except Exception as exc:  # a decoder bug must not stop an overnight run: row it and go on
+        log.debug("unexpected decode failure for %s", file.path, exc_info=True)
+        return DecodeResult(file, None, f"unexpected decoder error ({exc.__class__.__name__}: {exc})",
+                            {"decode_ms": _ms(t0)})
+    info = {
+        "format": decoded.format, "width": decoded.width, "height": decoded.height,
+        "bit_depth": decoded.bit_depth, "decode_ms": _ms(t0), **dicom_columns(decoded.meta or {}),
+    }
+    return DecodeResult(file, tensor, None, info)
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def _decode_kwargs(opts: DecodeOptions) -> dict[str, Any]:
+    kw: dict[str, Any] = {"max_pixels": opts.max_pixels}
+    if opts.identifier_mode is not None and "identifier_mode" in _decode_file_params():
+        kw["identifier_mode"] = opts.identifier_mode
+    return kw
+
+
+_PARAMS: tuple[str, ...] | None = None
+
+
+def _decode_file_params() -> tuple[str, ...]:
+    global _PARAMS
+    if _PARAMS is None:
+        _PARAMS = tuple(inspect.signature(decode_file).parameters)
+    return _PARAMS
+
+
+class PythonDecoder:
+    batch_size = 1
+
+    def __init__(self, spec: ModelSpec, opts: DecodeOptions):
+        self.spec, self.opts = spec, opts
+
+    def decode(self, files: list[InputFile]) -> list[DecodeResult]:
+        return [decode_one(f, self.spec, self.opts) for f in files]
+
+    def close(self) -> None:
+        pass
+
+
+def _child_main(conn, spec_json: str, opts: dict) -> None:
+    # Single-threaded child: the parent sized its worker count to the cores.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    spec = ModelSpec.from_json(spec_json)
+    options = DecodeOptions(**opts)
+    while True:
+        try:
+            file = conn.recv()
+        except EOFError:
+            return
+        if file is None:
+            return
+        conn.send(decode_one(InputFile(*file), spec, options))
+
+
+class ProcessDecoder:
+    """One child process decoding for one worker thread, killed and restarted on timeout."""
+
+    batch_size = 1
+
+    def __init__(self, spec: ModelSpec, opts: DecodeOptions, timeout_s: float):
+        self.spec, self.opts, self.timeout_s = spec, opts, timeout_s
+        # spawn, not fork: the parent runs onnxruntime/torch threads, and forking a
+        # multi-threaded process can deadlock the child on a lock held at fork time.
+        self._ctx = mp.get_context("spawn")
+        self._proc = None
+        self._conn = None
+        self.restarts = 0
+
+    def _start(self) -> None:
+        parent, child = self._ctx.Pipe()
+        self._proc = self._ctx.Process(
+            target=_child_main, args=(child, self.spec.to_json(), dataclasses.asdict(self.opts)),
+            daemon=True, name="fracture-batch-decode",
+        )
+        self._proc.start()
+        child.close()
+        self._conn = parent
+
+    def decode(self, files: list[InputFile]) -> list[DecodeResult]:
+        return [self._decode(f) for f in files]
+
+    def _decode(self, file: InputFile) -> DecodeResult:
+        if file.error:
+            return DecodeResult(file, None, file.error)
+        if self._proc is None or not self._proc.is_alive():
+            self._start()
+        t0 = time.perf_counter()
+        try:
+            self._conn.send(dataclasses.astuple(file))
+            if self._conn.poll(self.timeout_s):
+                return self._conn.recv()
+            msg = (f"decoding took longer than --decode-timeout={self.timeout_s:g}s; "
+                   "skipped (the file may be pathological, or raise the timeout)")
+        except (EOFError, OSError, BrokenPipeError):
+            msg = "the decoder process died on this file (crash in a native decoder?)"
+        self._kill()
+        self.restarts += 1
+        log.warning("%s: %s", file.path, msg)
+        return DecodeResult(file, None, msg, {"decode_ms": _ms(t0)})
+
+    def _kill(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.join(timeout=5)
+        if self._conn is not None:
+            self._conn.close()
+        self._proc = self._conn = None
+
+    def close(self) -> None:
+        if self._conn is not None and self._proc is not None and self._proc.is_alive():
+            try:
+                self._conn.send(None)
+                self._proc.join(timeout=2)
+            except OSError:
+                pass
+        self._kill()

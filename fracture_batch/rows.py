@@ -1,0 +1,126 @@
+"""The output row schema, shared by the local runner and the Ray Predictor.
+
+One row per input file. Required columns (ARCHITECTURE.md "Rows"): path, relpath,
+status, error, prob_fractured, pred_label, threshold, model_sha256. Then decode facts
+and timings, and a fixed set of DICOM header columns so every part has one schema.
+DICOM identifiers (Study/Series/SOP Instance UIDs) arrive already treated by the decoder
+per ``decoders.IdentifierMode`` (hashed by default, kept or dropped on request); the
+columns exist either way. No file name is ever built from header values.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import pyarrow as pa
+
+from fracture_batch.spec import SPEC_METADATA_KEY, ModelSpec
+
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+RUN_METADATA_KEY = "fracture_batch.run"
+
+# DICOM columns and the Decoded.meta keys they are filled from (first key present wins;
+# the decoder's dicom_* names first, DICOM keywords as a fallback, except for UIDs,
+# which are taken only from the decoder's already-treated dicom_* keys).
+DICOM_COLUMNS: dict[str, tuple[str, ...]] = {
+    "dicom_modality": ("dicom_modality", "Modality"),
+    "dicom_body_part_examined": ("dicom_body_part_examined", "BodyPartExamined"),
+    "dicom_view_position": ("dicom_view_position", "ViewPosition"),
+    "dicom_photometric_interpretation": (
+        "dicom_photometric_interpretation", "PhotometricInterpretation", "photometric",
+    ),
+    "dicom_transfer_syntax_uid": ("dicom_transfer_syntax_uid", "TransferSyntaxUID"),
+    "dicom_number_of_frames": ("dicom_number_of_frames", "NumberOfFrames"),
+    "dicom_study_instance_uid": ("dicom_study_instance_uid",),
+    "dicom_series_instance_uid": ("dicom_series_instance_uid",),
+    "dicom_sop_instance_uid": ("dicom_sop_instance_uid",),
+}
+
+_FIELDS = [
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("relpath", pa.string(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("error", pa.string()),
+    pa.field("prob_fractured", pa.float32()),
+    pa.field("pred_label", pa.string()),
+    pa.field("threshold", pa.float32()),
+    pa.field("model_sha256", pa.string()),
+    pa.field("format", pa.string()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("bit_depth", pa.int16()),
+    pa.field("file_size", pa.int64()),
+    pa.field("decode_ms", pa.float32()),
+    pa.field("infer_ms", pa.float32()),  # batch inference time / batch size
+    *(pa.field(c, pa.int32() if c == "dicom_number_of_frames" else pa.string()) for c in DICOM_COLUMNS),
+]
+COLUMNS = tuple(f.name for f in _FIELDS)
+REQUIRED_COLUMNS = COLUMNS[:8]
+
+
+@dataclass(frozen=True)
+class RowContext:
+    """What every row of one run shares."""
+
+    spec: ModelSpec
+    model_sha256: str
+
+
+def schema(spec: ModelSpec, run_meta: str | None = None) -> pa.Schema:
+    """The schema with the spec JSON (and optional run facts) in its metadata."""
+    meta = {SPEC_METADATA_KEY: spec.to_json()}
+    if run_meta is not None:
+        meta[RUN_METADATA_KEY] = run_meta
+    return pa.schema(_FIELDS, metadata=meta)
+
+
+def dicom_columns(meta: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for col, keys in DICOM_COLUMNS.items():
+        for k in keys:
+            v = meta.get(k)
+            if v is not None and v != "":
+                out[col] = _as_int(v) if col == "dicom_number_of_frames" else str(v)
+                break
+    return out
+
+
+def _as_int(v: Any) -> int | None:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def base_row(path: str, relpath: str, ctx: RowContext, file_size: int = -1) -> dict[str, Any]:
+    return {
+        "path": path,
+        "relpath": relpath,
+        "threshold": float(ctx.spec.threshold),
+        "model_sha256": ctx.model_sha256,
+        "file_size": file_size if file_size >= 0 else None,
+    }
+
+
+def error_row(path: str, relpath: str, message: str, ctx: RowContext, **extra: Any) -> dict[str, Any]:
+    row = base_row(path, relpath, ctx, extra.pop("file_size", -1))
+    row.update(extra)
+    row.update(status=STATUS_ERROR, error=message or "unknown error", prob_fractured=None, pred_label=None)
+    return row
+
+
+def ok_row(path: str, relpath: str, prob: float, label: str, ctx: RowContext, **extra: Any) -> dict[str, Any]:
+    row = base_row(path, relpath, ctx, extra.pop("file_size", -1))
+    row.update(extra)
+    row.update(status=STATUS_OK, error=None, prob_fractured=float(prob), pred_label=label)
+    return row
+
+
+def rows_to_table(rows: Iterable[Mapping[str, Any]], sch: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist(list(rows), schema=sch)
+
+
+def rows_to_columns(rows: list[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """Rows -> dict of column lists (the Predictor's columnar output)."""
+    return {c: [r.get(c) for r in rows] for c in COLUMNS}
