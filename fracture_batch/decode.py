@@ -1,24 +1,51 @@
 """Decode one radiograph file to float32 gray in [0, 1] per the pixel contract.
 
-First version: PIL for raster formats, pydicom for DICOM. The contract
-(ARCHITECTURE.md "Pixels") is what callers rely on:
-- 8- and 16-bit gray read without clipping; 16-bit scaled by its real bit depth;
-- colour -> luminance; EXIF orientation honoured;
-- DICOM: modality LUT -> VOI LUT / window -> MONOCHROME1 inverted after VOI -> [0, 1].
+The contract (ARCHITECTURE.md "Pixels") is what callers rely on:
+
+- 8- and 16-bit gray read without clipping: 8-bit data divided by 255, 16-bit PNG/TIFF
+  by 65535 (the max of the type; PIL modes ``I;16``/``I;16B``/``I``), never truncated.
+  16-bit colour TIFF goes through tifffile (PIL would reduce it to 8 bits); 16-bit
+  colour PNG is reduced to 8 bits per channel by PIL (no clipping, less precision).
+- colour (RGB, RGBA, palette, CMYK, gray+alpha) -> luminance (ITU-R 601: PIL's ``L``);
+  alpha is ignored. EXIF orientation is honoured.
+- multi-page TIFF: page 0; more than ``MAX_TIFF_PAGES`` pages is refused (counted by
+  walking the IFD chain, bounded, before any pixel is read).
+- DICOM is recognised by content (``DICM`` at offset 128) or by a ``.dcm``/``.dicom``
+  suffix and handled by ``fracture_batch.dicom`` (columns documented there).
+
+``max_pixels`` (``--max-pixels``, default ``DEFAULT_MAX_PIXELS``) is checked from the
+header before pixel data is decoded, for every format, so a PNG claiming 50,000 x 50,000
+becomes a ``DecodeError`` without allocating it. PIL's own decompression-bomb check
+(a process-wide ``Image.MAX_IMAGE_PIXELS``, which warns or raises) is bypassed per call
+by opening through the format plugin directly; the limit we apply is the caller's.
+
+``decode_for_model`` returns the model tensor and the metadata without keeping the
+full-size pixels; for JPEG it lets libjpeg scale by 1/2, 1/4 or 1/8 while decoding
+(PIL ``draft``) when the image is at least twice the target size in both directions:
+the DCT-domain reduction is itself a low-pass filter, and the DALI-vs-Python parity
+test bounds the difference it makes (see tests/test_dali.py).
 Every failure raises ``DecodeError`` with a message a person understands.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import struct
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fracture_batch.decoders import IdentifierMode
+
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_PIXELS = 100_000_000  # 10k x 10k: above any plain radiograph (CR/DR ~ 3k x 3.5k)
+# 10k x 10k: above any plain radiograph (CR/DR ~ 3k x 3.5k, mammography ~ 4k x 5k);
+# one such image is 400 MB as float32, so a few in flight stay within memory.
+DEFAULT_MAX_PIXELS = 100_000_000
+MAX_TIFF_PAGES = 256  # radiographs have a handful; thousands means not a radiograph
+RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
+DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
 
 
 class DecodeError(Exception):
@@ -27,7 +54,7 @@ class DecodeError(Exception):
 
 @dataclass
 class Decoded:
-    pixels: np.ndarray  # (H, W) float32 in [0, 1]
+    pixels: np.ndarray  # (H, W) float32 in [0, 1]; empty (0, 0) from decode_for_model
     format: str  # png | jpeg | tiff | bmp | dicom | ...
     width: int
     height: int
@@ -35,7 +62,7 @@ class Decoded:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def is_dicom(path: Path) -> bool:
+def is_dicom(path: str | Path) -> bool:
     """DICOM by content: 128-byte preamble then b'DICM' (suffix is not trusted)."""
     try:
         with open(path, "rb") as f:
@@ -45,53 +72,216 @@ def is_dicom(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def decode_file(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+def decode_file(
+    path: str | Path,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    identifiers: IdentifierMode = IdentifierMode.HASH,
+    uid_salt: str = "",
+) -> Decoded:
     path = Path(path)
-    if is_dicom(path) or path.suffix.lower() in {".dcm", ".dicom"}:
+    if is_dicom(path) or path.suffix.lower() in DICOM_SUFFIXES:
         from fracture_batch.dicom import decode_dicom
 
-        return decode_dicom(path, max_pixels=max_pixels)
+        return decode_dicom(path, max_pixels=max_pixels, identifiers=identifiers, uid_salt=uid_salt)
     return _decode_raster(path, max_pixels=max_pixels)
 
 
-def _decode_raster(path: Path, *, max_pixels: int) -> Decoded:
-    from PIL import Image, ImageOps, UnidentifiedImageError
+def decode_for_model(
+    path: str | Path,
+    spec,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    identifiers: IdentifierMode = IdentifierMode.HASH,
+    uid_salt: str = "",
+    jpeg_draft: bool = True,
+) -> tuple[np.ndarray, Decoded]:
+    """(3, S, S) float32 model input and the file's metadata (``pixels`` left empty)."""
+    from fracture_batch.preprocess import to_model_input
 
+    path = Path(path)
+    if is_dicom(path) or path.suffix.lower() in DICOM_SUFFIXES:
+        decoded = decode_file(path, max_pixels=max_pixels, identifiers=identifiers, uid_salt=uid_salt)
+    else:
+        draft = 2 * max(spec.input_size, spec.resize_size) if jpeg_draft else None
+        decoded = _decode_raster(path, max_pixels=max_pixels, draft_min_side=draft)
+    tensor = to_model_input(decoded.pixels, spec)
+    return tensor, replace(decoded, pixels=np.empty((0, 0), np.float32))
+
+
+# ---- header-only checks -----------------------------------------------------------------
+def open_image(path: Path):
+    """PIL image (header parsed, pixels not read), without PIL's global bomb check.
+
+    Same plugin search as ``PIL.Image.open`` minus ``_decompression_bomb_check``, whose
+    limit is process-wide and which warns below it; ``check_size`` applies ours.
+    """
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        prefix = f.read(16)
+    for loader in (Image.preinit, Image.init):
+        loader()
+        for fmt in list(Image.ID):
+            factory, accept = Image.OPEN[fmt]
+            try:
+                result = not accept or accept(prefix)
+                if isinstance(result, str) or not result:
+                    continue
+                # Given a path, the plugin opens (and later closes) the file itself.
+                return factory(str(path))
+            except (SyntaxError, IndexError, TypeError, struct.error):
+                continue
+    raise DecodeError("not an image file that can be read (unknown or corrupt format)")
+
+
+def check_size(width: int, height: int, max_pixels: int, what: str = "image") -> None:
+    if width <= 0 or height <= 0:
+        raise DecodeError(f"{what} has an empty size {width}x{height}")
+    if width * height > max_pixels:
+        raise DecodeError(
+            f"{what} is {width}x{height} = {width * height:,} pixels, above the limit of "
+            f"{max_pixels:,} (raise --max-pixels if this is a real image)"
+        )
+
+
+def tiff_page_count(path: Path, limit: int = MAX_TIFF_PAGES) -> int:
+    """Pages in a TIFF, counting at most ``limit + 1`` IFDs (cycles end the walk)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+        if len(head) < 8 or head[:2] not in (b"II", b"MM"):
+            raise DecodeError("not a TIFF file (bad byte-order mark)")
+        e = "<" if head[:2] == b"II" else ">"
+        (magic,) = struct.unpack(e + "H", head[2:4])
+        big = magic == 43
+        if not big and magic != 42:
+            raise DecodeError(f"not a TIFF file (magic {magic})")
+        count_fmt, count_size, entry_size, off_fmt, off_size = (
+            ("Q", 8, 20, "Q", 8) if big else ("H", 2, 12, "I", 4)
+        )
+        (offset,) = struct.unpack(e + off_fmt, head[8:16] if big else head[4:8])
+        seen: set[int] = set()
+        while offset and offset not in seen and len(seen) <= limit:
+            seen.add(offset)
+            f.seek(offset)
+            raw = f.read(count_size)
+            if len(raw) < count_size:
+                break  # truncated chain: the pages found so far are what there is
+            (n,) = struct.unpack(e + count_fmt, raw)
+            f.seek(offset + count_size + n * entry_size)
+            raw = f.read(off_size)
+            offset = struct.unpack(e + off_fmt, raw)[0] if len(raw) == off_size else 0
+        return len(seen)
+
+
+# ---- raster decoding ------------------------------------------------------------------
+def _decode_raster(path: Path, *, max_pixels: int, draft_min_side: int | None = None) -> Decoded:
     try:
-        with Image.open(path) as img:
-            w, h = img.size
-            if w * h > max_pixels:
-                raise DecodeError(
-                    f"image is {w}x{h} = {w * h:,} pixels, above the limit of {max_pixels:,} "
-                    "(raise --max-pixels if this is a real image)"
-                )
-            fmt = (img.format or path.suffix.lstrip(".")).lower()
-            img = ImageOps.exif_transpose(img)
-            arr, depth = _to_gray_float(img)
+        img = open_image(path)
     except DecodeError:
         raise
-    except UnidentifiedImageError:
-        raise DecodeError("not an image file that can be read (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DecodeError(f"corrupt or truncated image: {exc}") from None
-    return Decoded(arr, "jpeg" if fmt == "jpg" else fmt, arr.shape[1], arr.shape[0], depth)
+    except OSError as exc:
+        raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+    with img:
+        fmt = (img.format or path.suffix.lstrip(".")).lower()
+        fmt = {"jpg": "jpeg", "mpo": "jpeg"}.get(fmt, fmt)
+        w, h = img.size
+        check_size(w, h, max_pixels)
+        try:
+            if fmt == "tiff":
+                pages = tiff_page_count(path)
+                if pages > MAX_TIFF_PAGES:
+                    raise DecodeError(f"TIFF has more than {MAX_TIFF_PAGES} pages; not a radiograph")
+                if _tiff_needs_tifffile(img):
+                    arr, depth = _tiff_via_tifffile(path, max_pixels)
+                    return Decoded(arr, fmt, arr.shape[1], arr.shape[0], depth)
+            if fmt == "jpeg" and draft_min_side and min(w, h) >= 2 * draft_min_side:
+                img.draft("L" if img.mode == "L" else img.mode, (draft_min_side, draft_min_side))
+            img.load()
+            img = _exif_transposed(img)
+            arr, depth = _to_gray_float(img)
+        except DecodeError:
+            raise
+        except MemoryError:
+            raise DecodeError(f"out of memory decoding a {w}x{h} image") from None
+        except Exception as exc:  # PIL raises OSError/ValueError/SyntaxError/... on bad data
+            raise DecodeError(f"corrupt or truncated {fmt.upper()} image: {exc}") from None
+    return Decoded(arr, fmt, arr.shape[1], arr.shape[0], depth)
+
+
+def _exif_transposed(img):
+    from PIL import ImageOps
+
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # a broken EXIF block is not worth losing the image over
+        return img
+    return ImageOps.exif_transpose(img) if orientation in range(2, 9) else img
+
+
+def _tiff_needs_tifffile(img) -> bool:
+    """16-bit colour (PIL reads it as 8-bit RGB) and other layouts PIL narrows."""
+    bits = img.tag_v2.get(258, (8,))
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    return max(bits) > 8 and img.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _tiff_via_tifffile(path: Path, max_pixels: int) -> tuple[np.ndarray, int]:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages.first
+        h, w = page.imagelength, page.imagewidth
+        check_size(w, h, max_pixels)
+        arr = page.asarray()
+        orientation = int(page.tags.valueof(274, 1) or 1)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and page.photometric == tifffile.PHOTOMETRIC.RGB:
+        arr = _luminance(arr[..., :3].astype(np.float32))
+    elif arr.ndim == 3:
+        arr = arr[..., 0]  # gray + extra samples (alpha): keep gray
+    info = np.iinfo(page.dtype) if np.issubdtype(page.dtype, np.integer) else None
+    out = arr.astype(np.float32) / float(info.max) if info else _float_to_unit(arr)
+    return _apply_orientation(out, orientation), page.bitspersample
+
+
+def _apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """EXIF/TIFF orientation 1-8 applied to an (H, W) array (same rules as exif_transpose)."""
+    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1, :],
+           5: lambda a: a.T, 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 1)[::-1, :],
+           8: lambda a: np.rot90(a, 1)}
+    return np.ascontiguousarray(ops[orientation](arr)) if orientation in ops else arr
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    return rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _float_to_unit(arr: np.ndarray) -> np.ndarray:
+    """Float images: kept if already in [0, 1], else stretched over their own range."""
+    arr = arr.astype(np.float32)
+    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+    if lo >= 0.0 and hi <= 1.0:
+        return np.nan_to_num(arr)
+    return np.nan_to_num((arr - lo) / (hi - lo)) if hi > lo else np.zeros_like(arr)
 
 
 def _to_gray_float(img) -> tuple[np.ndarray, int]:
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img).astype(np.float32)
-        # PNG/TIFF 16-bit: scaled by the max of the type; 'I' (32-bit) from 16-bit PNG too.
-        return np.clip(arr / 65535.0, 0.0, 1.0), 16
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return np.asarray(img).astype(np.float32) / 65535.0, 16
+    if mode == "I":  # 32-bit int: 16-bit PNG/TIFF data in some PIL versions
+        arr = np.asarray(img)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            return _float_to_unit(arr), 32
+        return arr.astype(np.float32) / 65535.0, 16
     if mode == "F":
-        arr = np.asarray(img, dtype=np.float32)
-        lo, hi = float(arr.min()), float(arr.max())
-        return ((arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)), 32
+        return _float_to_unit(np.asarray(img)), 32
     if mode == "1":
-        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0, 1
+        return np.asarray(img, dtype=np.float32), 1
     if mode != "L":
-        # Colour, palette, CMYK, alpha: luminance (ITU-R 601-2) as PIL computes it.
-        if mode in ("LA", "RGBA", "PA"):
-            img = img.convert("RGBA").convert("RGB")
+        # Colour, palette, CMYK, alpha: luminance (ITU-R 601-2) as PIL computes it;
+        # alpha is dropped, not composited (radiographs carry no meaningful alpha).
+        if mode not in ("RGB", "RGBA", "P", "PA", "LA", "La", "RGBa", "RGBX"):
+            img = img.convert("RGB")  # CMYK, YCbCr, LAB, HSV
         img = img.convert("L")
-    return np.asarray(img, dtype=np.float32) / 255.0, 8
+    return np.asarray(img, dtype=np.float32) / np.float32(255), 8

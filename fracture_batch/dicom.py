@@ -1,65 +1,258 @@
-"""DICOM decoding per the pixel contract (pydicom 3)."""
+"""DICOM decoding per the pixel contract (pydicom >= 3.0.2).
+
+Order of work, so a bad file costs little:
+1. header only: ``dcmread(defer_size=...)`` parses every element but leaves large values
+   (Pixel Data) on disk, so Rows x Columns, the Pixel Data length and where it lies in the
+   file are known before any pixel is read. Non-image objects (SR, RT, DICOMDIR, ...) are
+   refused here by SOP class; absurd sizes by ``max_pixels``; uncompressed Pixel Data
+   shorter than Rows x Columns x Frames x Samples x BitsAllocated says, or running past
+   the end of the file, gives "pixel data shorter than the header says".
+2. pixels of frame 0 only (``pydicom.pixels.pixel_array(..., index=0)``): multi-frame
+   objects give one row, for their first frame. Compressed transfer syntaxes decode
+   through the installed permissively licensed plugins: pylibjpeg-openjpeg (JPEG 2000),
+   pylibjpeg-rle / pydicom (RLE), pyjpegls (JPEG-LS), python-gdcm (JPEG lossless and
+   extended), Pillow (JPEG baseline); deflate is native to pydicom.
+3. stored values -> Modality LUT (Rescale Slope/Intercept or LUT) -> VOI LUT, else the
+   first Window Center/Width -> [0, 1] -> MONOCHROME1 inverted (after VOI: bone bright).
+   The [0, 1] scaling uses the VOI stage's *output range*, not the data's min/max:
+   pydicom's windowing maps into [y_min, y_max] = the stored-bits range (BitsStored,
+   PixelRepresentation; a Modality LUT's own bit depth if it has one) passed through
+   Rescale Slope/Intercept; a VOI LUT maps into [0, 2**bits - 1] (its LUT Descriptor).
+   Without any VOI, the same modality-mapped stored-bits range is used, so a 12-bit image
+   keeps its real contrast rather than being stretched to its own min/max.
+   Colour (RGB, YBR_* converted to RGB by pydicom) -> luminance (ITU-R 601), scaled by
+   the stored-bits range.
+
+Header columns put in ``Decoded.meta`` (names match ``fracture_batch.rows``):
+``dicom_study_instance_uid``, ``dicom_series_instance_uid``, ``dicom_sop_instance_uid``
+(per ``IdentifierMode``: ``hash`` (default) = first 32 hex of SHA-256(salt + NUL + UID);
+``keep``; ``drop`` = absent), ``dicom_sop_class`` (name), ``dicom_modality``,
+``dicom_body_part_examined``, ``dicom_view_position``, ``dicom_photometric_interpretation``,
+``dicom_bits_stored``, ``dicom_transfer_syntax_uid``, ``dicom_number_of_frames``.
+Patient name, ID and birth date (and any other Patient module attribute) are never put in
+the metadata in any mode.
+"""
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from fracture_batch.decode import Decoded, DecodeError
+from fracture_batch.decode import Decoded, DecodeError, check_size
+from fracture_batch.decoders import IdentifierMode
 
 log = logging.getLogger(__name__)
 
+DEFER_SIZE = 4096  # values longer than this stay on disk until asked for
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
+_UID_COLUMNS = {
+    "StudyInstanceUID": "dicom_study_instance_uid",
+    "SeriesInstanceUID": "dicom_series_instance_uid",
+    "SOPInstanceUID": "dicom_sop_instance_uid",
+}
+_PLAIN_COLUMNS = {
+    "Modality": "dicom_modality",
+    "BodyPartExamined": "dicom_body_part_examined",
+    "ViewPosition": "dicom_view_position",
+    "PhotometricInterpretation": "dicom_photometric_interpretation",
+    "BitsStored": "dicom_bits_stored",
+}
 
-def decode_dicom(path: Path, *, max_pixels: int) -> Decoded:
+
+def hash_identifier(value: str, salt: str = "") -> str:
+    return hashlib.sha256(f"{salt}\0{value}".encode()).hexdigest()[:32]
+
+
+def dicom_header_fields(ds, identifiers: IdentifierMode = IdentifierMode.HASH, *, salt: str = "") -> dict[str, Any]:
+    """Useful header columns; UIDs treated per ``identifiers``; never patient data."""
+    identifiers = IdentifierMode(identifiers)
+    out: dict[str, Any] = {}
+    for keyword, column in _PLAIN_COLUMNS.items():
+        value = ds.get(keyword)
+        if value not in (None, ""):
+            out[column] = int(value) if keyword == "BitsStored" else str(value)
+    if identifiers is not IdentifierMode.DROP:
+        for keyword, column in _UID_COLUMNS.items():
+            value = ds.get(keyword)
+            if value:
+                out[column] = str(value) if identifiers is IdentifierMode.KEEP else hash_identifier(str(value), salt)
+    meta = getattr(ds, "file_meta", None)
+    tsyntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if tsyntax:
+        out["dicom_transfer_syntax_uid"] = str(tsyntax)
+    sop_class = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta is not None else None)
+    if sop_class:
+        out["dicom_sop_class"] = getattr(sop_class, "name", str(sop_class))
+    out["dicom_number_of_frames"] = _frames(ds)
+    return out
+
+
+def decode_dicom(
+    path: Path,
+    *,
+    max_pixels: int,
+    identifiers: IdentifierMode = IdentifierMode.HASH,
+    uid_salt: str = "",
+) -> Decoded:
+    ds, forced = read_header(path)
+    rows, cols = validate_header(ds, path, max_pixels=max_pixels)
+    meta = dicom_header_fields(ds, identifiers, salt=uid_salt)
+    arr = _frame0(ds, path, forced)
+    out = to_unit_gray(arr, ds)
+    bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
+    log.debug("DICOM %s: %dx%d, %d-bit, %s", path, cols, rows, bits, meta.get("dicom_transfer_syntax_uid"))
+    return Decoded(out, "dicom", out.shape[1], out.shape[0], bits, meta=meta)
+
+
+def read_header(path: Path):
+    """(dataset with Pixel Data left on disk, whether force=True was needed)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    for force in (False, True):
+        try:
+            ds = pydicom.dcmread(path, defer_size=DEFER_SIZE, force=force)
+        except InvalidDicomError:
+            continue  # no preamble/DICM: retried once with force for suffix-named files
+        except OSError as exc:
+            raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+        except Exception as exc:  # pydicom raises many types on truncated headers
+            raise DecodeError(f"corrupt or truncated DICOM header: {exc}") from None
+        if force and "SOPClassUID" not in ds and "Rows" not in ds:
+            break  # force parses anything; without these it is not DICOM at all
+        if _is_deflated(ds):
+            # Deferred values are re-read by file offset, which means nothing inside a
+            # deflated stream: read such (rare) files whole.
+            ds = pydicom.dcmread(path, force=force)
+        return ds, force
+    raise DecodeError("not a DICOM file (no DICM marker and no DICOM elements found)")
+
+
+def _is_deflated(ds) -> bool:
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    return bool(ts) and bool(getattr(ts, "is_deflated", False))
+
+
+def describe_object(ds) -> str:
+    """What a DICOM object is, for error messages ("DICOMDIR", an SOP class name, ...)."""
+    meta = getattr(ds, "file_meta", None)
+    sop = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta is not None else None)
+    if str(sop or "") == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+        return "DICOMDIR (a media directory index, not an image)"
+    if sop:
+        return f"{getattr(sop, 'name', sop)} ({sop})"
+    return f"modality {ds.get('Modality', 'unknown')}, no SOP Class UID"
+
+
+def validate_header(ds, path: Path, *, max_pixels: int) -> tuple[int, int]:
+    """Refuse non-images, absurd sizes and short Pixel Data before decoding."""
+    if "PixelData" not in ds:
+        alt = "float pixel data (not supported)" if ("FloatPixelData" in ds or "DoubleFloatPixelData" in ds) else "no pixel data"
+        raise DecodeError(f"DICOM object is not an image ({alt}): {describe_object(ds)}")
+    rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    check_size(cols, rows, max_pixels, what="DICOM image")
+    frames = _frames(ds)
+    if frames < 1:
+        raise DecodeError(f"DICOM Number of Frames is {frames}")
+    elem = ds.get_item(0x7FE00010, keep_deferred=True)
+    length = getattr(elem, "length", None)
+    tell = getattr(elem, "value_tell", None)
+    if tell is not None and length not in (None, 0xFFFFFFFF) and not _is_deflated(ds):
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            size = None
+        if size is not None and tell + length > size:
+            raise DecodeError(
+                f"truncated DICOM file: pixel data shorter than the header says "
+                f"(element claims {length:,} bytes, only {max(size - tell, 0):,} in the file)"
+            )
+    if not ds.file_meta.get("TransferSyntaxUID", None) or not ds.file_meta.TransferSyntaxUID.is_compressed:
+        from pydicom.pixels.utils import get_expected_length
+
+        try:
+            expected = get_expected_length(ds, unit="bytes")
+        except Exception as exc:  # missing BitsAllocated / SamplesPerPixel etc.
+            raise DecodeError(f"DICOM image header incomplete: {exc}") from None
+        actual = length if length is not None else len(ds.PixelData or b"")
+        if actual not in (None, 0xFFFFFFFF) and actual < expected:
+            raise DecodeError(
+                f"pixel data shorter than the header says: {actual:,} bytes for "
+                f"{cols}x{rows}x{frames} frame(s) needing {expected:,}"
+            )
+    return rows, cols
+
+
+def _frames(ds) -> int:
+    try:
+        return int(ds.get("NumberOfFrames") or 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+def _frame0(ds, path: Path, forced: bool) -> np.ndarray:
+    from pydicom.pixels import pixel_array
 
     try:
-        ds = pydicom.dcmread(path)
-    except InvalidDicomError as exc:
-        raise DecodeError(f"not a readable DICOM file: {exc}") from None
-    except Exception as exc:  # pydicom raises many types on truncated data
-        raise DecodeError(f"corrupt or truncated DICOM file: {exc}") from None
-    if "PixelData" not in ds:
-        kind = str(getattr(ds, "SOPClassUID", "unknown SOP class"))
-        try:
-            kind = ds.SOPClassUID.name
-        except Exception:
-            pass
-        raise DecodeError(f"DICOM object without pixel data (not an image): {kind}")
-    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
-    if rows * cols > max_pixels:
-        raise DecodeError(f"DICOM claims {cols}x{rows} pixels, above the limit of {max_pixels:,}")
-    try:
+        if _frames(ds) > 1 and not forced:
+            # From the path, so only frame 0's bytes are read for uncompressed data.
+            return pixel_array(str(path), index=0)
         arr = ds.pixel_array
-    except Exception as exc:
-        raise DecodeError(f"DICOM pixel data cannot be decoded: {exc}") from None
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        arr = arr[0]  # multi-frame: frame 0 (documented in the README)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    if arr.ndim == 3:  # colour DICOM -> luminance
-        arr = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-        photometric = "RGB"
-    bits = int(ds.get("BitsStored", 8))
-    values = apply_modality_lut(arr, ds)
-    if "WindowCenter" in ds or "VOILUTSequence" in ds:
-        values = apply_voi_lut(values, ds, index=0)
-        lo, hi = _voi_output_range(ds, values)
+        return arr[0] if _frames(ds) > 1 else arr
+    except MemoryError:
+        raise DecodeError("out of memory decoding DICOM pixel data") from None
+    except Exception as exc:  # missing plugin, corrupt codestream, inconsistent header
+        ts = ds.file_meta.get("TransferSyntaxUID", None)
+        ts_name = getattr(ts, "name", ts) or "unknown transfer syntax"
+        raise DecodeError(f"DICOM pixel data cannot be decoded ({ts_name}): {exc}") from None
+
+
+def stored_range(ds) -> tuple[float, float]:
+    """Range of the Modality-LUT output for the stored bits (pydicom's windowing y range)."""
+    bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
+    if ds.get("ModalityLUTSequence"):
+        lut_bits = int(ds.ModalityLUTSequence[0].LUTDescriptor[2])
+        return 0.0, float(2**lut_bits - 1)
+    if int(ds.get("PixelRepresentation") or 0) == 0:
+        lo, hi = 0.0, float(2**bits - 1)
     else:
-        lo, hi = float(np.min(values)), float(np.max(values))
-    out = (np.asarray(values, dtype=np.float32) - lo) / max(hi - lo, 1e-6)
+        lo, hi = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        lo, hi = lo * float(slope) + float(intercept), hi * float(slope) + float(intercept)
+    return min(lo, hi), max(lo, hi)
+
+
+def to_unit_gray(arr: np.ndarray, ds) -> np.ndarray:
+    """Stored values of one frame -> float32 (H, W) in [0, 1] per the pixel contract."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if arr.ndim == 3:  # colour: RGB after pydicom's YBR conversion; no LUTs apply
+        lo, hi = 0.0, float(2 ** int(ds.get("BitsStored") or 8) - 1)
+        gray = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        return np.clip((gray - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    values = apply_modality_lut(arr, ds)
+    lo, hi = stored_range(ds)
+    seq = ds.get("VOILUTSequence")
+    has_lut = bool(seq) and "LUTDescriptor" in seq[0] and "LUTData" in seq[0]
+    has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
+    if has_lut or has_window:
+        if has_lut and not np.issubdtype(values.dtype, np.integer):
+            values = np.rint(values).astype(np.int64)  # pydicom's LUT lookup wants integers
+        try:
+            values = apply_voi_lut(values, ds, index=0)
+        except Exception as exc:  # bad window width, unsupported LUT depth, ...
+            raise DecodeError(f"DICOM VOI LUT / window cannot be applied: {exc}") from None
+        if has_lut:
+            lo, hi = 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
+    out = (np.asarray(values, dtype=np.float32) - np.float32(lo)) / np.float32(max(hi - lo, 1e-6))
     out = np.clip(out, 0.0, 1.0)
     if photometric == "MONOCHROME1":
         out = 1.0 - out  # after VOI, so bone ends bright
-    return Decoded(
-        out.astype(np.float32), "dicom", out.shape[1], out.shape[0], bits,
-        meta={"photometric": photometric},
-    )
-
-
-def _voi_output_range(ds, values) -> tuple[float, float]:
-    """Output range of the VOI stage: window output spans [min, max] of the input type
-    range for linear windows in pydicom; use the data's own range as a robust bound."""
-    return float(np.min(values)), float(np.max(values))
+    return out.astype(np.float32, copy=False)

@@ -1,0 +1,73 @@
+"""Decoder selection: which decoder family turns files into model inputs.
+
+``--decoder auto|dali|python``. ``has_dali()`` says whether NVIDIA DALI can be used
+here and, when not, why (with an install hint); ``resolve_decoder`` turns ``auto``
+into a concrete choice. Also home of ``IdentifierMode``, the option that decides how
+DICOM identifiers (UIDs) reach the output (kept here so ``decode`` and ``dicom`` can
+both import it without a cycle).
+"""
+from __future__ import annotations
+
+import enum
+import functools
+import logging
+
+log = logging.getLogger(__name__)
+
+DALI_INSTALL_HINT = "pip install nvidia-dali-cuda130  (CPU pipelines work without a GPU)"
+
+
+class DecoderKind(str, enum.Enum):
+    AUTO = "auto"
+    DALI = "dali"
+    PYTHON = "python"
+
+
+class IdentifierMode(str, enum.Enum):
+    """How DICOM UIDs (study / series / SOP instance) are written to outputs.
+
+    ``hash`` (default): SHA-256 of (salt + UID), first 16 hex characters. Joins across
+    runs and files still work (the same UID always gives the same token, with the same
+    salt), but the raw UIDs, which can be traced back to a patient's study at the
+    originating site, do not leave the site unless the user asks for ``keep``.
+    ``keep``: written as given. ``drop``: not written at all (columns are null).
+    Patient name, ID and birth date are never written, whatever the mode.
+    """
+
+    KEEP = "keep"
+    HASH = "hash"
+    DROP = "drop"
+
+
+@functools.lru_cache(maxsize=1)
+def has_dali() -> tuple[bool, str]:
+    """(usable, reason). Importing DALI is slow-ish and may fail on odd platforms."""
+    try:
+        import nvidia.dali  # noqa: F401
+        import nvidia.dali.fn  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken native library (OSError)
+        return False, f"NVIDIA DALI is not importable ({exc.__class__.__name__}: {exc}); {DALI_INSTALL_HINT}"
+    return True, f"NVIDIA DALI {nvidia.dali.__version__}"
+
+
+def resolve_decoder(kind: DecoderKind | str, *, device: str = "cpu", prefer_dali_on_cpu: bool = False) -> DecoderKind:
+    """Concrete decoder family for ``kind`` on ``device``.
+
+    ``auto`` picks DALI on a CUDA device (GPU decode + resize, no host round trip) and,
+    on CPU, DALI only when ``prefer_dali_on_cpu`` (the lead sets this from measured
+    throughput; see dali_pipeline's module docstring for the numbers). ``dali`` when DALI
+    is missing is an error, not a silent fallback.
+    """
+    kind = DecoderKind(kind)
+    ok, reason = has_dali()
+    if kind is DecoderKind.DALI:
+        if not ok:
+            raise RuntimeError(reason)
+        return kind
+    if kind is DecoderKind.PYTHON:
+        return kind
+    if ok and (device.startswith("cuda") or prefer_dali_on_cpu):
+        return DecoderKind.DALI
+    if not ok:
+        log.info("decoder auto: using the Python decoders (%s)", reason)
+    return DecoderKind.PYTHON
