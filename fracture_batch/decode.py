@@ -28,6 +28,7 @@ Every failure raises ``DecodeError`` with a message a person understands.
 """
 from __future__ import annotations
 
+import io
 import logging
 import struct
 from dataclasses import dataclass, field, replace
@@ -110,16 +111,20 @@ def decode_for_model(
 
 
 # ---- header-only checks -----------------------------------------------------------------
-def open_image(path: Path):
+def open_image(path: Path, data: bytes | None = None):
     """PIL image (header parsed, pixels not read), without PIL's global bomb check.
 
     Same plugin search as ``PIL.Image.open`` minus ``_decompression_bomb_check``, whose
     limit is process-wide and which warns below it; ``check_size`` applies ours.
+    ``data``: the file's bytes when the caller has already read them.
     """
     from PIL import Image
 
-    with open(path, "rb") as f:
-        prefix = f.read(16)
+    if data is None:
+        with open(path, "rb") as f:
+            prefix = f.read(16)
+    else:
+        prefix = data[:16]
     for loader in (Image.preinit, Image.init):
         loader()
         for fmt in list(Image.ID):
@@ -129,10 +134,54 @@ def open_image(path: Path):
                 if isinstance(result, str) or not result:
                     continue
                 # Given a path, the plugin opens (and later closes) the file itself.
-                return factory(str(path))
+                return factory(str(path)) if data is None else factory(io.BytesIO(data), str(path))
             except (SyntaxError, IndexError, TypeError, struct.error):
                 continue
+            except OSError as exc:  # the file was readable above: its header is broken
+                raise DecodeError(f"corrupt or truncated {fmt} image header: {exc}") from None
     raise DecodeError("not an image file that can be read (unknown or corrupt format)")
+
+
+def probe_image(path: str | Path, data: bytes | None = None, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+    """Format, oriented size and bit depth from the header alone (``pixels`` empty).
+
+    Applies the same refusals as ``decode_file`` that need no pixels (size limit,
+    TIFF page count), so a batch decoder (DALI) can be fed only plausible files.
+    """
+    path = Path(path)
+    try:
+        img = open_image(path, data)
+    except OSError as exc:
+        raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+    with img:
+        fmt = _format_name(img, path)
+        w, h = img.size
+        check_size(w, h, max_pixels)
+        if fmt == "tiff":
+            _check_tiff_pages(io.BytesIO(data) if data is not None else path)
+        depth = _MODE_DEPTH.get(img.mode, 8)
+        if fmt == "tiff" and _tiff_needs_tifffile(img):
+            depth = 16
+        try:
+            orientation = img.getexif().get(0x0112, 1)
+        except Exception:
+            orientation = 1
+        if orientation in (5, 6, 7, 8):
+            w, h = h, w
+        return Decoded(np.empty((0, 0), np.float32), fmt, w, h, depth, {"pil_mode": img.mode})
+
+
+_MODE_DEPTH = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32, "1": 1}
+
+
+def _format_name(img, path: Path) -> str:
+    fmt = (img.format or path.suffix.lstrip(".")).lower()
+    return {"jpg": "jpeg", "mpo": "jpeg"}.get(fmt, fmt)
+
+
+def _check_tiff_pages(src) -> None:
+    if tiff_page_count(src) > MAX_TIFF_PAGES:
+        raise DecodeError(f"TIFF has more than {MAX_TIFF_PAGES} pages; not a radiograph")
 
 
 def check_size(width: int, height: int, max_pixels: int, what: str = "image") -> None:
@@ -145,33 +194,36 @@ def check_size(width: int, height: int, max_pixels: int, what: str = "image") ->
         )
 
 
-def tiff_page_count(path: Path, limit: int = MAX_TIFF_PAGES) -> int:
-    """Pages in a TIFF, counting at most ``limit + 1`` IFDs (cycles end the walk)."""
-    with open(path, "rb") as f:
-        head = f.read(16)
-        if len(head) < 8 or head[:2] not in (b"II", b"MM"):
-            raise DecodeError("not a TIFF file (bad byte-order mark)")
-        e = "<" if head[:2] == b"II" else ">"
-        (magic,) = struct.unpack(e + "H", head[2:4])
-        big = magic == 43
-        if not big and magic != 42:
-            raise DecodeError(f"not a TIFF file (magic {magic})")
-        count_fmt, count_size, entry_size, off_fmt, off_size = (
-            ("Q", 8, 20, "Q", 8) if big else ("H", 2, 12, "I", 4)
-        )
-        (offset,) = struct.unpack(e + off_fmt, head[8:16] if big else head[4:8])
-        seen: set[int] = set()
-        while offset and offset not in seen and len(seen) <= limit:
-            seen.add(offset)
-            f.seek(offset)
-            raw = f.read(count_size)
-            if len(raw) < count_size:
-                break  # truncated chain: the pages found so far are what there is
-            (n,) = struct.unpack(e + count_fmt, raw)
-            f.seek(offset + count_size + n * entry_size)
-            raw = f.read(off_size)
-            offset = struct.unpack(e + off_fmt, raw)[0] if len(raw) == off_size else 0
-        return len(seen)
+def tiff_page_count(src, limit: int = MAX_TIFF_PAGES) -> int:
+    """Pages in a TIFF (path or binary file object), counting at most ``limit + 1`` IFDs
+    (a cycle in the IFD chain ends the walk)."""
+    if isinstance(src, (str, Path)):
+        with open(src, "rb") as f:
+            return tiff_page_count(f, limit)
+    f = src
+    f.seek(0)
+    head = f.read(16)
+    if len(head) < 8 or head[:2] not in (b"II", b"MM"):
+        raise DecodeError("not a TIFF file (bad byte-order mark)")
+    e = "<" if head[:2] == b"II" else ">"
+    (magic,) = struct.unpack(e + "H", head[2:4])
+    big = magic == 43
+    if not big and magic != 42:
+        raise DecodeError(f"not a TIFF file (magic {magic})")
+    count_fmt, count_size, entry_size, off_fmt, off_size = ("Q", 8, 20, "Q", 8) if big else ("H", 2, 12, "I", 4)
+    (offset,) = struct.unpack(e + off_fmt, head[8:16] if big else head[4:8])
+    seen: set[int] = set()
+    while offset and offset not in seen and len(seen) <= limit:
+        seen.add(offset)
+        f.seek(offset)
+        raw = f.read(count_size)
+        if len(raw) < count_size:
+            break  # truncated chain: the pages found so far are what there is
+        (n,) = struct.unpack(e + count_fmt, raw)
+        f.seek(offset + count_size + n * entry_size)
+        raw = f.read(off_size)
+        offset = struct.unpack(e + off_fmt, raw)[0] if len(raw) == off_size else 0
+    return len(seen)
 
 
 # ---- raster decoding ------------------------------------------------------------------
@@ -179,19 +231,26 @@ def _decode_raster(path: Path, *, max_pixels: int, draft_min_side: int | None = 
     try:
         img = open_image(path)
     except DecodeError:
-        raise
+        if not _has_tiff_magic(path):
+            raise
+        # TIFF layouts PIL cannot open (e.g. 16-bit gray + alpha): tifffile reads them.
+        _check_tiff_pages(path)
+        try:
+            arr, depth = _tiff_via_tifffile(path, max_pixels)
+        except DecodeError:
+            raise
+        except Exception as exc:
+            raise DecodeError(f"corrupt or unsupported TIFF image: {exc}") from None
+        return Decoded(arr, "tiff", arr.shape[1], arr.shape[0], depth)
     except OSError as exc:
         raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
     with img:
-        fmt = (img.format or path.suffix.lstrip(".")).lower()
-        fmt = {"jpg": "jpeg", "mpo": "jpeg"}.get(fmt, fmt)
+        fmt = _format_name(img, path)
         w, h = img.size
         check_size(w, h, max_pixels)
         try:
             if fmt == "tiff":
-                pages = tiff_page_count(path)
-                if pages > MAX_TIFF_PAGES:
-                    raise DecodeError(f"TIFF has more than {MAX_TIFF_PAGES} pages; not a radiograph")
+                _check_tiff_pages(path)
                 if _tiff_needs_tifffile(img):
                     arr, depth = _tiff_via_tifffile(path, max_pixels)
                     return Decoded(arr, fmt, arr.shape[1], arr.shape[0], depth)
@@ -207,6 +266,11 @@ def _decode_raster(path: Path, *, max_pixels: int, draft_min_side: int | None = 
         except Exception as exc:  # PIL raises OSError/ValueError/SyntaxError/... on bad data
             raise DecodeError(f"corrupt or truncated {fmt.upper()} image: {exc}") from None
     return Decoded(arr, fmt, arr.shape[1], arr.shape[0], depth)
+
+
+def _has_tiff_magic(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
 
 
 def _exif_transposed(img):

@@ -1,0 +1,304 @@
+"""NVIDIA DALI preprocessing: encoded files -> normalised (N, 3, S, S) batches.
+
+Two small pipelines share one resize + normalise graph built from the model spec:
+
+- ``encoded``: the file bytes of JPEG/PNG/TIFF/BMP go in through ``fn.external_source``
+  (so the runner controls file order and which files are in a batch), are decoded by
+  ``fn.decoders.image`` to GRAY at ``UINT16`` (16-bit PNG/TIFF keep their depth; 8-bit
+  data is widened by x257, so dividing by 65535 equals dividing by 255) and EXIF-rotated;
+- ``raw``: pixels DALI cannot decode, DICOM above all, arrive already decoded by the
+  Python decoders (pydicom per the pixel contract) as float32 [0, 1] and get the very
+  same resize and normalisation.
+
+Resize/normalise mirror ``preprocess.to_model_input``: squash to S x S (or shorter side
+to ``resize_size`` then a centre S x S crop, with sizes and crop anchor computed on the
+host with the Python rule) with an antialiased linear filter, gray replicated to three
+channels, ``(x - mean) / std``. The two families differ only at the outermost pixel rows
+and columns (PIL renormalises the truncated filter at the border, DALI clamps to the
+edge) and in colour-to-gray rounding (PIL rounds luminance to 8 bits); tests/test_dali.py
+states the bound.
+
+Per-file errors: a DALI batch fails as a whole on one bad file and the pipeline object is
+then unusable, so every file's header is checked first (``decode.probe_image``: the
+``--max-pixels`` limit, TIFF page count, a readable header), and if a batch still fails
+the pipeline is rebuilt and that batch's files go one by one through the Python decoders
+into the ``raw`` pipeline: one bad file gives one error row.
+
+On CPU the pipelines run with ``device_id=None`` (no CUDA needed). With
+``device="cuda"`` the decoder is ``mixed`` (nvJPEG / nvJPEG2000), resize and normalise run
+on the GPU, and the batch is returned as a torch CUDA tensor filled device-to-device
+(``feed_ndarray``), without a host round trip.
+
+Rough CPU throughput (2-core shared VM, 1 DALI thread, 224 px output; noisy, the lead
+re-measures with benchmarks/): see ``measure_throughput`` and the report in the repo's
+benchmarks results.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from fracture_batch.decode import DEFAULT_MAX_PIXELS, DICOM_SUFFIXES, Decoded, DecodeError, decode_file, probe_image
+from fracture_batch.decoders import IdentifierMode, has_dali
+from fracture_batch.spec import ModelSpec, ResizeMode
+
+log = logging.getLogger(__name__)
+
+DALI_FORMATS = {"jpeg", "png", "tiff", "bmp"}
+# PIL modes whose pixels DALI's UINT16 gray decode reproduces (float/32-bit TIFFs go raw).
+DALI_MODES = {"L", "P", "RGB", "RGBA", "LA", "CMYK", "YCbCr", "I;16", "I;16B", "I;16L", "I;16N", "1"}
+
+
+@dataclass
+class PreprocessedBatch:
+    """One batch: ``tensors[i]`` is item i's model input (zeros where ``errors[i]``)."""
+
+    tensors: Any  # np.ndarray (N, 3, S, S) float32, or torch CUDA tensor on device="cuda"
+    errors: list[str | None]
+    infos: list[Decoded | None]  # format / size / bit depth / DICOM columns; pixels empty
+    seconds: float = 0.0
+    fallbacks: int = 0  # files DALI rejected in a batch and the Python path decoded
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _resize_normalise(img, spec: ModelSpec, scale: float, size=None, anchor=None):
+    """HWC (C=1) image node -> CHW float normalised node, as preprocess.to_model_input."""
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+
+    s = spec.input_size
+    common = dict(antialias=True, interp_type=types.INTERP_LINEAR, dtype=types.FLOAT)
+    if spec.resize_mode is ResizeMode.SQUASH:
+        img = fn.resize(img, size=[s, s], mode="stretch", **common)
+    else:
+        img = fn.resize(img, size=size, mode="stretch", **common)
+        img = fn.slice(img, start=anchor, shape=[s, s], axis_names="HW")
+    img = fn.cat(img, img, img, axis=2)
+    return fn.crop_mirror_normalize(
+        img,
+        mean=[m * scale for m in spec.mean],
+        std=[v * scale for v in spec.std],
+        output_layout="CHW",
+        dtype=types.FLOAT,
+    )
+
+
+def _geometry_inputs(spec: ModelSpec):
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+
+    if spec.resize_mode is ResizeMode.SQUASH:
+        return None, None
+    size = fn.external_source(name="size", dtype=types.FLOAT, ndim=1)
+    anchor = fn.external_source(name="anchor", dtype=types.INT32, ndim=1)
+    return size, anchor
+
+
+def _encoded_graph(spec: ModelSpec, gpu: bool):
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+
+    data = fn.external_source(name="data", dtype=types.UINT8, ndim=1)
+    size, anchor = _geometry_inputs(spec)
+    img = fn.decoders.image(data, device="mixed" if gpu else "cpu", output_type=types.GRAY, dtype=types.UINT16)
+    if gpu and size is not None:
+        size, anchor = size.gpu(), anchor.gpu()
+    return _resize_normalise(img, spec, 65535.0, size, anchor)
+
+
+def _raw_graph(spec: ModelSpec, gpu: bool):
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+
+    img = fn.external_source(name="data", dtype=types.FLOAT, ndim=3, layout="HWC")
+    size, anchor = _geometry_inputs(spec)
+    if gpu:
+        img = img.gpu()
+        if size is not None:
+            size, anchor = size.gpu(), anchor.gpu()
+    return _resize_normalise(img, spec, 1.0, size, anchor)
+
+
+def crop_geometry(width: int, height: int, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(resized (H, W), crop anchor (top, left)) by the rule of preprocess.resize_gray."""
+    s = spec.input_size
+    scale = spec.resize_size / min(width, height)
+    nw, nh = max(s, round(width * scale)), max(s, round(height * scale))
+    return np.array([nh, nw], np.float32), np.array([(nh - s) // 2, (nw - s) // 2], np.int32)
+
+
+class DaliPreprocessor:
+    """Decode + resize + normalise batches with DALI; one instance per decode thread."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        batch_size: int = 32,
+        num_threads: int = 1,
+        device: str = "cpu",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        identifiers: IdentifierMode = IdentifierMode.HASH,
+        uid_salt: str = "",
+    ) -> None:
+        ok, reason = has_dali()
+        if not ok:
+            raise RuntimeError(reason)
+        self.spec, self.batch_size, self.num_threads = spec, batch_size, num_threads
+        self.device, self.max_pixels = device, max_pixels
+        self.identifiers, self.uid_salt = IdentifierMode(identifiers), uid_salt
+        self.gpu = device.startswith("cuda")
+        self.device_id = (int(device.split(":")[1]) if ":" in device else 0) if self.gpu else None
+        self._pipes: dict[str, Any] = {}
+
+    # ---- pipelines ----------------------------------------------------------------------
+    def _pipe(self, kind: str):
+        if kind not in self._pipes:
+            from nvidia.dali import pipeline_def
+
+            graph = _encoded_graph if kind == "encoded" else _raw_graph
+
+            @pipeline_def
+            def build():
+                return graph(self.spec, self.gpu)
+
+            # Synchronous execution: each run() consumes exactly the batch just fed, so
+            # the caller keeps file order and knows which batch failed.
+            pipe = build(
+                batch_size=self.batch_size, num_threads=self.num_threads, device_id=self.device_id,
+                prefetch_queue_depth=1, exec_pipelined=False, exec_async=False,
+            )
+            pipe.build()
+            self._pipes[kind] = pipe
+        return self._pipes[kind]
+
+    def _run(self, kind: str, data: list, geometry: list[tuple[int, int]]):
+        pipe = self._pipe(kind)
+        pipe.feed_input("data", data)
+        if self.spec.resize_mode is not ResizeMode.SQUASH:
+            geo = [crop_geometry(w, h, self.spec) for w, h in geometry]
+            pipe.feed_input("size", [g[0] for g in geo])
+            pipe.feed_input("anchor", [g[1] for g in geo])
+        (out,) = pipe.run()
+        # Copy out now: DALI reuses its output buffers on the next run.
+        return self._take(out)
+
+    def _take(self, tl):
+        if not self.gpu:
+            return np.array(tl.as_array(), copy=True)
+        import torch
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        s = self.spec.input_size
+        part = torch.empty((len(tl), 3, s, s), dtype=torch.float32, device=f"cuda:{self.device_id}")
+        feed_ndarray(tl.as_tensor(), part, cuda_stream=torch.cuda.current_stream(device=part.device))
+        return part  # filled device-to-device, never through host memory
+
+    def _drop(self, kind: str) -> None:
+        # After an operator error DALI marks the pipeline invalid: build a new one next time.
+        self._pipes.pop(kind, None)
+
+    # ---- public ------------------------------------------------------------------------------
+    def run(self, items: Sequence[tuple[str | Path, bytes | None]]) -> PreprocessedBatch:
+        """Preprocess ``items`` (path, file bytes or None to read) in order."""
+        t0 = time.perf_counter()
+        n = len(items)
+        errors: list[str | None] = [None] * n
+        infos: list[Decoded | None] = [None] * n
+        encoded: list[tuple[int, np.ndarray]] = []
+        raw: list[tuple[int, np.ndarray]] = []
+        for i, (path, data) in enumerate(items):
+            try:
+                route, payload, info = self._classify(Path(path), data)
+            except DecodeError as exc:
+                errors[i] = str(exc)
+                continue
+            infos[i] = info
+            (encoded if route == "encoded" else raw).append((i, payload))
+        fallbacks = 0
+        results: list[tuple[list[int], Any]] = []
+        for start in range(0, len(encoded), self.batch_size):
+            chunk = encoded[start : start + self.batch_size]
+            try:
+                out = self._run("encoded", [p for _, p in chunk], [(infos[i].width, infos[i].height) for i, _ in chunk])
+                results.append(([i for i, _ in chunk], out))
+            except RuntimeError as exc:
+                self._drop("encoded")
+                log.info("DALI batch failed (%s); decoding its %d files one by one", str(exc).splitlines()[0], len(chunk))
+                for i, _ in chunk:
+                    fallbacks += 1
+                    try:
+                        raw.append((i, self._python_pixels(Path(items[i][0]), i, infos)))
+                    except DecodeError as err:
+                        errors[i], infos[i] = str(err), None
+        for start in range(0, len(raw), self.batch_size):
+            chunk = raw[start : start + self.batch_size]
+            out = self._run("raw", [p for _, p in chunk], [(infos[i].width, infos[i].height) for i, _ in chunk])
+            results.append(([i for i, _ in chunk], out))
+        tensors = self._assemble(n, results)
+        counts = {"dali_decoded": len(encoded) - fallbacks, "python_decoded": len(raw), "errors": sum(e is not None for e in errors)}
+        return PreprocessedBatch(tensors, errors, infos, time.perf_counter() - t0, fallbacks, counts)
+
+    def _classify(self, path: Path, data: bytes | None) -> tuple[str, np.ndarray, Decoded]:
+        if data is None:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+        if data[128:132] == b"DICM" or path.suffix.lower() in DICOM_SUFFIXES:
+            holder: list[Decoded | None] = [None]
+            pixels = self._python_pixels(path, 0, holder)
+            return "raw", pixels, holder[0]
+        try:
+            info = probe_image(path, data, max_pixels=self.max_pixels)
+        except DecodeError:
+            info = None  # the Python decoders read some layouts PIL's header parser cannot
+        if info is not None and info.format in DALI_FORMATS and info.meta.get("pil_mode") in DALI_MODES:
+            return "encoded", np.frombuffer(data, np.uint8), info
+        holder = [None]
+        pixels = self._python_pixels(path, 0, holder)
+        return "raw", pixels, holder[0]
+
+    def _python_pixels(self, path: Path, i: int, infos: list) -> np.ndarray:
+        d = decode_file(path, max_pixels=self.max_pixels, identifiers=self.identifiers, uid_salt=self.uid_salt)
+        infos[i] = Decoded(np.empty((0, 0), np.float32), d.format, d.width, d.height, d.bit_depth, d.meta)
+        return np.ascontiguousarray(d.pixels[:, :, None])
+
+    def _assemble(self, n: int, results: list[tuple[list[int], Any]]):
+        s = self.spec.input_size
+        if not self.gpu:
+            out = np.zeros((n, 3, s, s), np.float32)
+            for idx, part in results:
+                out[idx] = part
+            return out
+        import torch
+
+        out = torch.zeros((n, 3, s, s), dtype=torch.float32, device=f"cuda:{self.device_id}")
+        for idx, part in results:
+            out[torch.as_tensor(idx, device=out.device)] = part
+        return out
+
+
+def measure_throughput(paths: Sequence[Path], spec: ModelSpec, *, repeats: int = 3, batch_size: int = 16, num_threads: int = 1) -> dict[str, float]:
+    """Images/s of DALI CPU vs the Python path on ``paths`` (best of ``repeats``)."""
+    from fracture_batch.decode import decode_for_model
+
+    items = [(p, Path(p).read_bytes()) for p in paths]
+    dali = DaliPreprocessor(spec, batch_size=batch_size, num_threads=num_threads)
+    dali.run(items[:batch_size])  # warm-up: pipeline build, allocations
+    best_dali = best_py = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for k in range(0, len(items), batch_size):
+            dali.run(items[k : k + batch_size])
+        best_dali = min(best_dali, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for p in paths:
+            decode_for_model(p, spec)
+        best_py = min(best_py, time.perf_counter() - t0)
+    return {"dali_images_per_s": len(paths) / best_dali, "python_images_per_s": len(paths) / best_py}
