@@ -114,6 +114,7 @@ def _child_main(conn, spec_json: str, opts: dict) -> None:
         os.environ[var] = "1"
     spec = ModelSpec.from_json(spec_json)
     options = DecodeOptions(**opts)
+    conn.send("ready")  # imports done: the parent's per-file timeout starts from here
     while True:
         try:
             file = conn.recv()
@@ -122,6 +123,9 @@ def _child_main(conn, spec_json: str, opts: dict) -> None:
         if file is None:
             return
         conn.send(decode_one(InputFile(*file), spec, options))
+
+
+_STARTUP_TIMEOUT_S = 120.0
 
 
 class ProcessDecoder:
@@ -147,6 +151,10 @@ class ProcessDecoder:
         self._proc.start()
         child.close()
         self._conn = parent
+        # Start-up (interpreter + numpy/PIL/pydicom imports) must not count against a file.
+        if not parent.poll(_STARTUP_TIMEOUT_S) or parent.recv() != "ready":
+            self._kill()
+            raise RuntimeError(f"the decoder process did not start within {_STARTUP_TIMEOUT_S:g}s")
 
     def decode(self, files: list[InputFile]) -> list[DecodeResult]:
         return [self._decode(f) for f in files]

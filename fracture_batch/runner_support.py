@@ -256,9 +256,11 @@ class Stages:
         threads.append(self._thread("infer", self._infer))
         writer = self._thread("write", self._writer)
         try:
-            while writer.is_alive():
-                writer.join(timeout=0.2)
+            while True:
                 self.on_progress(self.rows_committed, self.discovered if self.discovery_done else None)
+                if not writer.is_alive():
+                    break
+                writer.join(timeout=0.2)
         except KeyboardInterrupt:
             from fracture_batch.runner import ScoreAborted
 

@@ -18,7 +18,7 @@ from fracture_batch.backends.base import (
     DeviceKind,
     check_input,
 )
-from fracture_batch.spec import SPEC_METADATA_KEY, ModelSpec
+from fracture_batch.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -105,25 +105,18 @@ class OnnxRuntimeBackend:
 
 
 def _spec_from_session(session, path: Path) -> ModelSpec:
-    meta = session.get_modelmeta().custom_metadata_map
-    raw = meta.get(SPEC_METADATA_KEY)
-    if not raw:
-        raise BackendError(
-            f"{path} has no fracture-batch model spec in its metadata ({SPEC_METADATA_KEY}); "
-            "export it with `fracture-batch export` so preprocessing and threshold travel with it"
-        )
+    from fracture_batch.onnx_meta import OnnxModelError, spec_from_metadata
+
     try:
-        return ModelSpec.from_json(raw)
-    except Exception as exc:
-        raise BackendError(f"{path}: unreadable model spec in ONNX metadata: {exc}") from None
+        return spec_from_metadata(session.get_modelmeta().custom_metadata_map, source=str(path))
+    except OnnxModelError as exc:
+        raise BackendError(str(exc)) from None
 
 
 def _check_external_data(path: Path) -> None:
     """Refuse external-data references that escape the model's directory (export's check)."""
-    try:
-        from fracture_batch.onnx_meta import check_external_data_safe
-    except ImportError:  # export engineer's module not present: onnxruntime still confines paths
-        return
+    from fracture_batch.onnx_meta import check_external_data_safe
+
     try:
         check_external_data_safe(path)
     except Exception as exc:

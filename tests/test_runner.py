@@ -1,0 +1,196 @@
+"""The overlapped runner end to end on CPU: rows, resume, overwrite, refusals, disk full, timeouts."""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import threading
+
+import pyarrow.dataset as ds
+import pytest
+
+from fracture_batch import runner, sink
+from fracture_batch.backends import BackendError
+from fracture_batch.decode_stage import DecodeOptions, ProcessDecoder
+from fracture_batch.discover import InputFile
+from fracture_batch.rows import REQUIRED_COLUMNS
+from fracture_batch.runner import ScoreConfig, score
+from fracture_batch.runner_support import DecodeIsolation, resolve_threads
+from fracture_batch.spec import SPEC_METADATA_KEY, ModelSpec
+
+import modelgen
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return modelgen.tiny_models(tmp_path_factory)
+
+
+def _cfg(inputs, model, out, **kw) -> ScoreConfig:
+    base = dict(decoder="python", batch_size=4, decode_workers=1, intra_op_threads=1,
+                decode_isolation=DecodeIsolation.THREAD, part_rows=5, part_seconds=60.0)
+    base.update(kw)
+    return ScoreConfig(inputs=tuple(str(i) for i in inputs), model=str(model), out=str(out), **base)
+
+
+def _read(out):
+    return ds.dataset(str(out), format="parquet").to_table()
+
+
+def test_one_row_per_file_with_required_columns_and_spec(models, tmp_path):
+    _, onnx_path = models
+    good = modelgen.write_images(tmp_path / "in" / "a", 12, formats=("png", "png16", "jpeg", "bmp", "tiff"))
+    bad = modelgen.write_bad_inputs(tmp_path / "in" / "bad")
+    s = score(_cfg([tmp_path / "in"], onnx_path, tmp_path / "out"))
+    t = _read(tmp_path / "out")
+    n_files = len(good) + len(bad) + 1  # write_bad_inputs also writes one good image
+    assert t.num_rows == n_files == s.files_seen == s.scored
+    assert set(REQUIRED_COLUMNS) <= set(t.column_names)
+    assert len(set(t.column("path").to_pylist())) == n_files
+    assert ModelSpec.from_json(t.schema.metadata[SPEC_METADATA_KEY.encode()]).input_size == modelgen.INPUT_SIZE
+    by_rel = {r["relpath"]: r for r in t.to_pylist()}
+    for name in ("empty.png", "truncated.png", "notes.txt", "broken.png", "self.png"):
+        row = by_rel[f"bad/{name}"]
+        assert row["status"] == "error" and row["error"] and row["prob_fractured"] is None
+    oks = [r for r in t.to_pylist() if r["status"] == "ok"]
+    assert len(oks) == s.ok == len(good) + 1
+    assert {r["format"] for r in oks} == {"png", "jpeg", "bmp", "tiff"}
+    assert {r["bit_depth"] for r in oks if r["relpath"].startswith("a/")} == {8, 16}
+    assert all(0.0 <= r["prob_fractured"] <= 1.0 and r["pred_label"] in ("fractured", "not_fractured") for r in oks)
+    done = sink.read_success(tmp_path / "out")
+    assert done["ok"] == s.ok and done["errors"] == s.errors and done["backend"] == "onnxruntime"
+    assert done["spec"]["input_size"] == modelgen.INPUT_SIZE and "onnxruntime" in done["versions"]
+
+
+def test_resume_scores_only_new_files_and_never_twice(models, tmp_path):
+    _, onnx_path = models
+    modelgen.write_images(tmp_path / "in", 7)
+    cfg = _cfg([tmp_path / "in"], onnx_path, tmp_path / "out")
+    assert score(cfg).scored == 7
+    modelgen.write_images(tmp_path / "in", 4, start=7)
+    s2 = score(cfg)
+    assert (s2.already_done, s2.scored, s2.dataset_rows) == (7, 4, 11)
+    paths = _read(tmp_path / "out").column("path").to_pylist()
+    assert len(paths) == len(set(paths)) == 11
+    s3 = score(cfg)
+    assert s3.scored == 0 and s3.already_done == 11
+
+
+def test_no_resume_refuses_and_overwrite_starts_again(models, tmp_path):
+    _, onnx_path = models
+    modelgen.write_images(tmp_path / "in", 3)
+    cfg = _cfg([tmp_path / "in"], onnx_path, tmp_path / "out")
+    score(cfg)
+    with pytest.raises(sink.SinkError, match="--resume .* or --overwrite"):
+        score(dataclasses.replace(cfg, resume=False))
+    s = score(dataclasses.replace(cfg, overwrite=True))
+    assert s.scored == 3 and _read(tmp_path / "out").num_rows == 3
+
+
+def test_other_models_results_are_not_mixed(models, tmp_path):
+    ckpt, onnx_path = models
+    modelgen.write_images(tmp_path / "in", 2)
+    score(_cfg([tmp_path / "in"], onnx_path, tmp_path / "out"))
+    with pytest.raises(sink.SinkError, match="holds results of another model"):
+        score(_cfg([tmp_path / "in"], ckpt, tmp_path / "out"))
+
+
+def test_fatal_problems_stop_before_any_input_is_read(models, tmp_path, monkeypatch):
+    _, onnx_path = models
+    modelgen.write_images(tmp_path / "in", 2)
+
+    def no_reading(*a, **k):
+        raise AssertionError("an input was read before the fatal check")
+
+    monkeypatch.setattr(runner, "iter_inputs", no_reading)
+    with pytest.raises(sink.SinkError, match="parent directory .* does not exist"):
+        score(_cfg([tmp_path / "in"], onnx_path, tmp_path / "missing" / "out"))
+    with pytest.raises(BackendError, match="model file not found"):
+        score(_cfg([tmp_path / "in"], tmp_path / "nope.onnx", tmp_path / "out"))
+    with pytest.raises(sink.SinkError, match="input path does not exist"):
+        score(_cfg([tmp_path / "nothere"], onnx_path, tmp_path / "out"))
+    held = sink.acquire_lock(tmp_path / "out")
+    try:
+        with pytest.raises(sink.OutputLockedError):
+            score(_cfg([tmp_path / "in"], onnx_path, tmp_path / "out"))
+    finally:
+        held.release()
+
+
+def test_disk_full_stops_keeps_parts_and_resume_completes(models, tmp_path, monkeypatch):
+    _, onnx_path = models
+    modelgen.write_images(tmp_path / "in", 23)
+    cfg = _cfg([tmp_path / "in"], onnx_path, tmp_path / "out")
+    real = sink.PartWriter._write_file
+    calls = {"n": 0}
+
+    def third_part_fails(self, table, tmp):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            tmp.write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, table, tmp)
+
+    monkeypatch.setattr(sink.PartWriter, "_write_file", third_part_fails)
+    with pytest.raises(sink.DiskFullError, match="Free space and re-run the same command to resume"):
+        score(cfg)
+    assert len(sink.committed_parts(tmp_path / "out")) == 2
+    assert _read(tmp_path / "out").num_rows == 10  # two parts of part_rows=5, intact
+    assert sink.read_success(tmp_path / "out") is None  # not finished
+    monkeypatch.setattr(sink.PartWriter, "_write_file", real)
+    s = score(cfg)
+    paths = _read(tmp_path / "out").column("path").to_pylist()
+    assert s.already_done == 10 and len(paths) == len(set(paths)) == 23
+
+
+def test_process_isolated_decoding_scores_the_same(models, tmp_path):
+    _, onnx_path = models
+    modelgen.write_images(tmp_path / "in", 6, formats=("png", "jpeg"))
+    a = score(_cfg([tmp_path / "in"], onnx_path, tmp_path / "o1"))
+    b = score(_cfg([tmp_path / "in"], onnx_path, tmp_path / "o2", decode_isolation=DecodeIsolation.PROCESS))
+    assert a.ok == b.ok == 6 and b.decoder == "python (process-isolated)"
+    pa = {r["path"]: r["prob_fractured"] for r in _read(tmp_path / "o1").to_pylist()}
+    pb = {r["path"]: r["prob_fractured"] for r in _read(tmp_path / "o2").to_pylist()}
+    assert pa == pb  # same decoder code, same backend: bit-identical
+
+
+def test_decode_timeout_kills_the_worker_and_goes_on(tmp_path):
+    # A FIFO with no writer blocks open() forever: the pathological file the timeout exists for.
+    fifo = tmp_path / "stuck.png"
+    os.mkfifo(fifo)
+    good = modelgen.write_images(tmp_path, 1)[0]
+    dec = ProcessDecoder(modelgen.tiny_spec(), DecodeOptions(), timeout_s=1.0)
+    try:
+        stuck, ok = dec.decode([InputFile(str(fifo), "stuck.png", 1), InputFile(str(good), good.name, 1)])
+    finally:
+        dec.close()
+    assert stuck.tensor is None and "--decode-timeout=1s" in stuck.error
+    assert ok.error is None and ok.tensor.shape == (3, modelgen.INPUT_SIZE, modelgen.INPUT_SIZE)
+    assert dec.restarts == 1
+
+
+def test_interrupt_commits_complete_rows(models, tmp_path, monkeypatch):
+    """Ctrl-C: the writer commits what it holds; the run raises ScoreAborted; resume finishes."""
+    _, onnx_path = models
+    modelgen.write_images(tmp_path / "in", 12)
+    cfg = _cfg([tmp_path / "in"], onnx_path, tmp_path / "out", part_rows=1000)
+    fired = threading.Event()
+
+    def progress(done, total):
+        if done == 0 and not fired.is_set() and threading.current_thread() is threading.main_thread():
+            fired.set()
+            raise KeyboardInterrupt
+
+    with pytest.raises(runner.ScoreAborted, match="interrupted"):
+        score(cfg, on_progress=progress)
+    s = score(cfg)
+    paths = _read(tmp_path / "out").column("path").to_pylist()
+    assert len(paths) == len(set(paths)) == 12 and s.already_done + s.scored == 12
+
+
+def test_thread_split_never_oversubscribes():
+    for cores in (1, 2, 4, 16, 64):
+        t = resolve_threads(cores=cores)
+        assert t.decode_workers >= 1 and t.intra_op >= 1
+        assert t.decode_workers + t.intra_op == max(2, cores)
+    assert resolve_threads(decode_workers=3, cores=8) == runner.resolve_threads(3, 5, cores=8)
