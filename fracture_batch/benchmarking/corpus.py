@@ -1,0 +1,102 @@
+"""Benchmark corpora: files of known format and size, generated deterministically.
+
+Decode speed depends on format, size and how compressible the pixels are, not on
+anatomy, so the images are smooth radiograph-like fields (soft-tissue gradient, a few
+bright bone-like bands, mild noise) that compress like real films do (unlike white
+noise). Regimes from the issue: ``small`` (400-700 px per side, 8-bit JPEG/PNG) and
+``archive`` (~2000 x 2500, 12-bit values in 16-bit PNG and DICOM).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("jpeg8", "png8", "png16", "dicom", "dicom-j2k")
+SUFFIX = {"jpeg8": ".jpg", "png8": ".png", "png16": ".png", "dicom": ".dcm", "dicom-j2k": ".dcm"}
+REGIMES = {
+    "small": {"size_range": (400, 700), "formats": ("jpeg8", "png8")},
+    "archive": {"size_range": (2000, 2500), "formats": ("png16", "dicom")},
+}
+
+
+def radiograph_like(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """float32 [0, 1] field: gradient + bright bands + low-amplitude noise."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = 0.15 + 0.2 * (x / w) + 0.1 * np.sin(y / h * np.pi)
+    for _ in range(rng.integers(1, 4)):
+        cx, ang, width = rng.uniform(0.2, 0.8) * w, rng.uniform(-0.4, 0.4), rng.uniform(0.04, 0.1) * w
+        d = np.abs((x - cx) * np.cos(ang) + (y - h / 2) * np.sin(ang))
+        img += 0.5 * np.exp(-((d / width) ** 2))
+    img += rng.normal(0, 0.02, (h, w)).astype(np.float32)
+    return np.clip(img / img.max(), 0, 1).astype(np.float32)
+
+
+def write_image(path: Path, img01: np.ndarray, fmt: str) -> Path:
+    from PIL import Image
+
+    if fmt == "jpeg8":
+        Image.fromarray((img01 * 255).astype(np.uint8)).save(path, quality=90)
+    elif fmt == "png8":
+        Image.fromarray((img01 * 255).astype(np.uint8)).save(path)
+    elif fmt == "png16":
+        # 12-bit detector values stored in a 16-bit PNG (shifted to fill the range).
+        Image.fromarray(((img01 * 4095).astype(np.uint16) << 4)).save(path)
+    elif fmt in ("dicom", "dicom-j2k"):
+        _write_dicom(path, (img01 * 4095).astype(np.uint16), compress=fmt == "dicom-j2k")
+    else:
+        raise ValueError(f"unknown format {fmt!r}; choose from {FORMATS}")
+    return path
+
+
+def _write_dicom(path: Path, a12: np.ndarray, *, compress: bool) -> None:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        JPEG2000Lossless,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.Modality, ds.PatientID = "CR", "BENCH"
+    ds.Rows, ds.Columns = a12.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = a12.tobytes()
+    if compress:
+        ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
+    ds.save_as(path, enforce_file_format=True)
+
+
+def make_corpus(out_dir: str | Path, n: int, *, formats: tuple[str, ...], size_range: tuple[int, int],
+                seed: int = 0) -> list[Path]:
+    """``n`` files cycling through ``formats``, sides uniform in ``size_range``.
+    Re-uses files already there (same names, same seed), so repeated runs are cheap."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        fmt = formats[i % len(formats)]
+        h, w = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, 2))
+        if size_range[0] >= 2000:  # archive films are portrait, ~2000 x 2500
+            h, w = max(h, w), min(h, w)
+        path = out / f"img_{i:05d}_{fmt}{SUFFIX[fmt]}"
+        sub = np.random.default_rng([seed, i])
+        if not path.exists():
+            write_image(path, radiograph_like(h, w, sub), fmt)
+        paths.append(path)
+    return paths
+
+
+def make_regime_corpus(out_dir: str | Path, regime: str, n: int, seed: int = 0) -> list[Path]:
+    r = REGIMES[regime]
+    return make_corpus(out_dir, n, formats=r["formats"], size_range=r["size_range"], seed=seed)
