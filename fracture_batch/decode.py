@@ -20,14 +20,16 @@ becomes a ``DecodeError`` without allocating it. PIL's own decompression-bomb ch
 by opening through the format plugin directly; the limit we apply is the caller's.
 
 ``decode_for_model`` returns the model tensor and the metadata without keeping the
-full-size pixels; for JPEG it lets libjpeg scale by 1/2, 1/4 or 1/8 while decoding
-(PIL ``draft``) when the image is at least twice the target size in both directions:
-the DCT-domain reduction is itself a low-pass filter, and the DALI-vs-Python parity
-test bounds the difference it makes (see tests/test_dali.py).
+full-size pixels. With ``jpeg_draft=True`` (off by default) libjpeg scales a JPEG at least
+4x the target size by 1/2..1/8 while decoding (PIL ``draft``): ~1.5x faster on a
+2000x2500 JPEG, but it moves the tensor off the DALI path's by up to ~0.08 normalised
+units inside the image (mean ~0.01; measured in tests/test_dali.py), and the scorer's
+usual JPEGs (400-700 px) are too small for it to engage at 224 px, so parity wins.
 Every failure raises ``DecodeError`` with a message a person understands.
 """
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import struct
@@ -53,6 +55,30 @@ class DecodeError(Exception):
     """A file that cannot become pixels; the message is shown to the user as is."""
 
 
+def _contained(fn):
+    """Hostile bytes make third-party parsers raise anything (ValueError from PIL's PNG
+    and TIFF headers, NotImplementedError / ValueError from pydicom's lazy elements, even
+    pyo3's ``PanicException``, a ``BaseException``, from the Rust RLE decoder): at this
+    boundary all of it becomes a ``DecodeError``, so one bad file is one error row.
+    Found by tests/test_fuzz.py; the cases live in tests/fuzz_regressions/."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (DecodeError, KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise
+        except MemoryError:
+            raise DecodeError("out of memory decoding this file (does its header claim a huge image?)") from None
+        except OSError as exc:
+            raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+        except BaseException as exc:
+            log.debug("decoder failure on %s", args[0] if args else "?", exc_info=True)
+            raise DecodeError(f"corrupt or unsupported file ({exc.__class__.__name__}: {exc})") from None
+
+    return wrapper
+
+
 @dataclass
 class Decoded:
     pixels: np.ndarray  # (H, W) float32 in [0, 1]; empty (0, 0) from decode_for_model
@@ -73,6 +99,7 @@ def is_dicom(path: str | Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+@_contained
 def decode_file(
     path: str | Path,
     *,
@@ -88,6 +115,7 @@ def decode_file(
     return _decode_raster(path, max_pixels=max_pixels)
 
 
+@_contained
 def decode_for_model(
     path: str | Path,
     spec,
@@ -95,7 +123,7 @@ def decode_for_model(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     identifiers: IdentifierMode = IdentifierMode.HASH,
     uid_salt: str = "",
-    jpeg_draft: bool = True,
+    jpeg_draft: bool = False,
 ) -> tuple[np.ndarray, Decoded]:
     """(3, S, S) float32 model input and the file's metadata (``pixels`` left empty)."""
     from fracture_batch.preprocess import to_model_input
@@ -104,7 +132,10 @@ def decode_for_model(
     if is_dicom(path) or path.suffix.lower() in DICOM_SUFFIXES:
         decoded = decode_file(path, max_pixels=max_pixels, identifiers=identifiers, uid_salt=uid_salt)
     else:
-        draft = 2 * max(spec.input_size, spec.resize_size) if jpeg_draft else None
+        from fracture_batch.spec import ResizeMode
+
+        target = spec.input_size if spec.resize_mode is ResizeMode.SQUASH else spec.resize_size
+        draft = 2 * target if jpeg_draft else None
         decoded = _decode_raster(path, max_pixels=max_pixels, draft_min_side=draft)
     tensor = to_model_input(decoded.pixels, spec)
     return tensor, replace(decoded, pixels=np.empty((0, 0), np.float32))
@@ -142,6 +173,7 @@ def open_image(path: Path, data: bytes | None = None):
     raise DecodeError("not an image file that can be read (unknown or corrupt format)")
 
 
+@_contained
 def probe_image(path: str | Path, data: bytes | None = None, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
     """Format, oriented size and bit depth from the header alone (``pixels`` empty).
 
@@ -149,14 +181,9 @@ def probe_image(path: str | Path, data: bytes | None = None, *, max_pixels: int 
     TIFF page count), so a batch decoder (DALI) can be fed only plausible files.
     """
     path = Path(path)
-    try:
-        img = open_image(path, data)
-    except OSError as exc:
-        raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+    img, fmt = _open_checked(path, data, max_pixels)
     with img:
-        fmt = _format_name(img, path)
         w, h = img.size
-        check_size(w, h, max_pixels)
         if fmt == "tiff":
             _check_tiff_pages(io.BytesIO(data) if data is not None else path)
         depth = _MODE_DEPTH.get(img.mode, 8)
@@ -172,6 +199,20 @@ def probe_image(path: str | Path, data: bytes | None = None, *, max_pixels: int 
 
 
 _MODE_DEPTH = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32, "1": 1}
+
+
+def _open_checked(path: Path, data: bytes | None, max_pixels: int):
+    """(PIL image with header only, format name), size checked against ``max_pixels``."""
+    try:
+        img = open_image(path, data)
+    except OSError as exc:
+        raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+    try:
+        check_size(*img.size, max_pixels)
+    except DecodeError:
+        img.close()
+        raise
+    return img, _format_name(img, path)
 
 
 def _format_name(img, path: Path) -> str:
@@ -229,7 +270,7 @@ def tiff_page_count(src, limit: int = MAX_TIFF_PAGES) -> int:
 # ---- raster decoding ------------------------------------------------------------------
 def _decode_raster(path: Path, *, max_pixels: int, draft_min_side: int | None = None) -> Decoded:
     try:
-        img = open_image(path)
+        img, fmt = _open_checked(path, None, max_pixels)
     except DecodeError:
         if not _has_tiff_magic(path):
             raise
@@ -242,12 +283,8 @@ def _decode_raster(path: Path, *, max_pixels: int, draft_min_side: int | None = 
         except Exception as exc:
             raise DecodeError(f"corrupt or unsupported TIFF image: {exc}") from None
         return Decoded(arr, "tiff", arr.shape[1], arr.shape[0], depth)
-    except OSError as exc:
-        raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
     with img:
-        fmt = _format_name(img, path)
         w, h = img.size
-        check_size(w, h, max_pixels)
         try:
             if fmt == "tiff":
                 _check_tiff_pages(path)
