@@ -9,12 +9,12 @@ decoders) or a whole batch (DALI). Three implementations:
 - ``ProcessDecoder``: the same functions in one dedicated child process per worker, so
   ``--decode-timeout`` is enforced by killing the child (and starting a new one) when a
   file takes too long; that file becomes an error row.
-- ``DaliDecoder``: the decoding engineer's DALI CPU pipeline, when DALI is chosen.
+- ``DaliDecoder``: ``dali_pipeline.DaliPreprocessor`` on a whole batch (CPU pipeline, or
+  ``mixed`` on a GPU where the batch stays a torch CUDA tensor), when DALI is chosen.
 """
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import multiprocessing as mp
 import os
@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from fracture_batch.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_file
+from fracture_batch.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_for_model
+from fracture_batch.decoders import IdentifierMode
 from fracture_batch.discover import InputFile
-from fracture_batch.preprocess import to_model_input
 from fracture_batch.rows import dicom_columns
 from fracture_batch.spec import ModelSpec
 
@@ -44,7 +44,8 @@ class DecodeResult:
 @dataclass(frozen=True)
 class DecodeOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
-    identifier_mode: str | None = None  # decoders.IdentifierMode value, passed when decode_file takes it
+    identifiers: str = IdentifierMode.HASH.value  # how DICOM UIDs reach the output
+    uid_salt: str = ""
 
 
 def decode_one(file: InputFile, spec: ModelSpec, opts: DecodeOptions) -> DecodeResult:
@@ -53,8 +54,8 @@ def decode_one(file: InputFile, spec: ModelSpec, opts: DecodeOptions) -> DecodeR
         return DecodeResult(file, None, file.error)
     t0 = time.perf_counter()
     try:
-        decoded = decode_file(file.path, **_decode_kwargs(opts))
-        tensor = to_model_input(decoded.pixels, spec)
+        tensor, decoded = decode_for_model(file.path, spec, max_pixels=opts.max_pixels,
+                                           identifiers=IdentifierMode(opts.identifiers), uid_salt=opts.uid_salt)
     except DecodeError as exc:
         return DecodeResult(file, None, str(exc), {"decode_ms": _ms(t0)})
     except MemoryError:
@@ -67,32 +68,18 @@ def decode_one(file: InputFile, spec: ModelSpec, opts: DecodeOptions) -> DecodeR
         log.debug("unexpected decode failure for %s", file.path, exc_info=True)
         return DecodeResult(file, None, f"unexpected decoder error ({exc.__class__.__name__}: {exc})",
                             {"decode_ms": _ms(t0)})
-    info = {
+    return DecodeResult(file, tensor, None, _info(decoded, _ms(t0)))
+
+
+def _info(decoded, decode_ms: float) -> dict[str, Any]:
+    return {
         "format": decoded.format, "width": decoded.width, "height": decoded.height,
-        "bit_depth": decoded.bit_depth, "decode_ms": _ms(t0), **dicom_columns(decoded.meta or {}),
+        "bit_depth": decoded.bit_depth, "decode_ms": decode_ms, **dicom_columns(decoded.meta or {}),
     }
-    return DecodeResult(file, tensor, None, info)
 
 
 def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1000.0
-
-
-def _decode_kwargs(opts: DecodeOptions) -> dict[str, Any]:
-    kw: dict[str, Any] = {"max_pixels": opts.max_pixels}
-    if opts.identifier_mode is not None and "identifier_mode" in _decode_file_params():
-        kw["identifier_mode"] = opts.identifier_mode
-    return kw
-
-
-_PARAMS: tuple[str, ...] | None = None
-
-
-def _decode_file_params() -> tuple[str, ...]:
-    global _PARAMS
-    if _PARAMS is None:
-        _PARAMS = tuple(inspect.signature(decode_file).parameters)
-    return _PARAMS
 
 
 class PythonDecoder:
@@ -194,3 +181,43 @@ class ProcessDecoder:
             except OSError:
                 pass
         self._kill()
+
+
+class DaliDecoder:
+    """A batch through DALI; files known bad at discovery never reach the pipeline."""
+
+    def __init__(self, spec: ModelSpec, opts: DecodeOptions, *, batch_size: int, device: str, num_threads: int = 1):
+        from fracture_batch.dali_pipeline import DaliPreprocessor
+
+        self.batch_size = batch_size
+        self._pre = DaliPreprocessor(
+            spec, batch_size=batch_size, num_threads=num_threads, device=device, max_pixels=opts.max_pixels,
+            identifiers=IdentifierMode(opts.identifiers), uid_salt=opts.uid_salt,
+        )
+
+    def decode(self, files: list[InputFile]) -> list[DecodeResult]:
+        results: list[DecodeResult | None] = [None] * len(files)
+        todo = [i for i, f in enumerate(files) if not f.error]
+        for i, f in enumerate(files):
+            if f.error:
+                results[i] = DecodeResult(f, None, f.error)
+        if todo:
+            t0 = time.perf_counter()
+            try:
+                batch = self._pre.run([(files[i].path, None) for i in todo])
+            except Exception as exc:  # the whole batch failed: each file gets the reason
+                msg = f"DALI preprocessing failed for this batch ({exc.__class__.__name__}: {exc})"
+                for i in todo:
+                    results[i] = DecodeResult(files[i], None, msg)
+                return results  # type: ignore[return-value]
+            per_file_ms = _ms(t0) / len(todo)
+            for j, i in enumerate(todo):
+                err, info = batch.errors[j], batch.infos[j]
+                extra = _info(info, per_file_ms) if info is not None else {"decode_ms": per_file_ms}
+                # On a GPU the slice stays a torch CUDA tensor: no host round trip.
+                tensor = None if err else batch.tensors[j]
+                results[i] = DecodeResult(files[i], tensor, err, extra)
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self._pre = None

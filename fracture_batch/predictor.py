@@ -70,7 +70,7 @@ class Predictor:
         if ok:
             t0 = time.perf_counter()
             try:
-                probs, labels = self.predict_array(np.stack([results[i].tensor for i in ok]))
+                probs, labels = self.predict_array(_stack([results[i].tensor for i in ok]))
                 per_image_ms = (time.perf_counter() - t0) * 1000.0 / len(ok)
                 for j, i in enumerate(ok):
                     r = results[i]
@@ -99,6 +99,14 @@ class Predictor:
 
     def close(self) -> None:
         self.backend.close()
+
+
+def _stack(tensors: list):
+    if hasattr(tensors[0], "is_cuda"):  # torch CUDA slices from DALI mixed: stay on the device
+        import torch
+
+        return torch.stack(tensors)
+    return np.stack(tensors)
 
 
 def _input_file(path: str, relpath: str) -> InputFile:

@@ -30,12 +30,16 @@ DICOM_COLUMNS: dict[str, tuple[str, ...]] = {
     "dicom_photometric_interpretation": (
         "dicom_photometric_interpretation", "PhotometricInterpretation", "photometric",
     ),
+    "dicom_bits_stored": ("dicom_bits_stored", "BitsStored"),
+    "dicom_sop_class": ("dicom_sop_class",),
     "dicom_transfer_syntax_uid": ("dicom_transfer_syntax_uid", "TransferSyntaxUID"),
     "dicom_number_of_frames": ("dicom_number_of_frames", "NumberOfFrames"),
     "dicom_study_instance_uid": ("dicom_study_instance_uid",),
     "dicom_series_instance_uid": ("dicom_series_instance_uid",),
     "dicom_sop_instance_uid": ("dicom_sop_instance_uid",),
 }
+
+_INT_DICOM_COLUMNS = ("dicom_number_of_frames", "dicom_bits_stored")
 
 _FIELDS = [
     pa.field("path", pa.string(), nullable=False),
@@ -53,7 +57,7 @@ _FIELDS = [
     pa.field("file_size", pa.int64()),
     pa.field("decode_ms", pa.float32()),
     pa.field("infer_ms", pa.float32()),  # batch inference time / batch size
-    *(pa.field(c, pa.int32() if c == "dicom_number_of_frames" else pa.string()) for c in DICOM_COLUMNS),
+    *(pa.field(c, pa.int32() if c in _INT_DICOM_COLUMNS else pa.string()) for c in DICOM_COLUMNS),
 ]
 COLUMNS = tuple(f.name for f in _FIELDS)
 REQUIRED_COLUMNS = COLUMNS[:8]
@@ -81,7 +85,7 @@ def dicom_columns(meta: Mapping[str, Any]) -> dict[str, Any]:
         for k in keys:
             v = meta.get(k)
             if v is not None and v != "":
-                out[col] = _as_int(v) if col == "dicom_number_of_frames" else str(v)
+                out[col] = _as_int(v) if col in _INT_DICOM_COLUMNS else str(v)
                 break
     return out
 

@@ -53,7 +53,8 @@ class ScoreConfig:
     resume: bool = True
     overwrite: bool = False
     max_pixels: int = 100_000_000
-    identifier_mode: str | None = None
+    identifiers: str = "hash"  # decoders.IdentifierMode: hash | keep | drop DICOM UIDs
+    uid_salt: str = ""
     amp: bool = False
     engine_cache_dir: str | None = None  # default: <out>/_engine_cache (nothing outside --out)
 
@@ -122,7 +123,7 @@ def _score_locked(cfg, roots, out: Path, started: float, on_progress, on_start) 
     predictor = Predictor(
         cfg.model, backend=cfg.backend, device=cfg.device,
         options=BackendOptions(intra_op_threads=threads.intra_op, amp=cfg.amp, engine_cache_dir=engine_cache),
-        decode_options=DecodeOptions(max_pixels=cfg.max_pixels, identifier_mode=cfg.identifier_mode),
+        decode_options=DecodeOptions(max_pixels=cfg.max_pixels, identifiers=cfg.identifiers, uid_salt=cfg.uid_salt),
     )
     index = _prepare_dataset(cfg, out, predictor.model_sha256)
     decoder_name, make_decoder = create_decoder_factory(cfg, predictor, threads)

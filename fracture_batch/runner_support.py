@@ -71,10 +71,10 @@ def create_decoder_factory(cfg, predictor, threads: Threads) -> tuple[str, Calla
     kind = resolve_decoder(cfg.decoder, device=predictor.resolution.device.value)
     spec, opts = predictor.spec, predictor.decode_options
     if kind is DecoderKind.DALI:
-        from fracture_batch.decode_stage_dali import DaliDecoder
+        from fracture_batch.decode_stage import DaliDecoder
 
         device = predictor.resolution.device.value
-        return "dali", lambda: DaliDecoder(spec, opts, batch_size=cfg.batch_size, device=device)
+        return f"dali ({device})", lambda: DaliDecoder(spec, opts, batch_size=cfg.batch_size, device=device)
     if DecodeIsolation(cfg.decode_isolation) is DecodeIsolation.PROCESS:
         return "python (process-isolated)", lambda: ProcessDecoder(spec, opts, cfg.decode_timeout)
     return "python (threads)", lambda: PythonDecoder(spec, opts)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +40,12 @@ def export_onnx(ckpt: Path, out: Path) -> Path:
 
     model, spec = load_checkpoint(ckpt)
     x = torch.zeros(1, 3, spec.input_size, spec.input_size)
-    torch.onnx.export(
-        model, (x,), str(out), input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False,
-    )
+    with warnings.catch_warnings():  # the legacy exporter's deprecation notice
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model, (x,), str(out), input_names=["input"], output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False,
+        )
     m = onnx.load(str(out))
     entry = m.metadata_props.add()
     entry.key, entry.value = SPEC_METADATA_KEY, spec.to_json()

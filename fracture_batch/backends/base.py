@@ -63,3 +63,10 @@ def check_input(x: np.ndarray, spec: ModelSpec) -> None:
     s = spec.input_size
     if x.ndim != 4 or x.shape[1:] != (3, s, s):
         raise ValueError(f"expected a batch of shape (N, 3, {s}, {s}), got {x.shape}")
+
+
+def to_numpy(x) -> np.ndarray:
+    """A batch as a host float32 array (a torch CUDA batch from DALI is copied here)."""
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    return np.ascontiguousarray(x, dtype=np.float32)

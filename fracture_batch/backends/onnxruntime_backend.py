@@ -17,6 +17,7 @@ from fracture_batch.backends.base import (
     BackendOptions,
     DeviceKind,
     check_input,
+    to_numpy,
 )
 from fracture_batch.spec import ModelSpec
 
@@ -96,7 +97,7 @@ class OnnxRuntimeBackend:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         check_input(x, self.spec)
-        feed = {self.input_name: np.ascontiguousarray(x, dtype=self.input_dtype)}
+        feed = {self.input_name: to_numpy(x).astype(self.input_dtype, copy=False)}
         (logits,) = self.session.run([self.output_name], feed)
         return np.asarray(logits, dtype=np.float32)
 

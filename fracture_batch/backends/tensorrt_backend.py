@@ -54,7 +54,8 @@ class TensorRTBackend:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         check_input(x, self.spec)
-        out = self.engine.run(np.ascontiguousarray(x, dtype=np.float32))
+        # A torch CUDA batch (DALI mixed) goes in as is; the engine binds it without a copy.
+        out = self.engine.run(x if hasattr(x, "is_cuda") else np.ascontiguousarray(x, dtype=np.float32))
         if hasattr(out, "detach"):  # a torch CUDA tensor from the engine's output buffer
             out = out.detach().float().cpu().numpy()
         return np.asarray(out, dtype=np.float32)

@@ -5,14 +5,11 @@ slow elsewhere, hence opt-in), fp16 autocast on CUDA.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
 
 from fracture_batch.backends.base import BackendError, BackendKind, BackendOptions, DeviceKind, check_input
-
-log = logging.getLogger(__name__)
 
 
 class TorchBackend:
@@ -45,7 +42,8 @@ class TorchBackend:
     def predict(self, x: np.ndarray) -> np.ndarray:
         check_input(x, self.spec)
         torch = self.torch
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.torch_device, non_blocking=True)
+        t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        t = t.to(self.torch_device, dtype=torch.float32, non_blocking=True)
         t = t.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             if self.amp_dtype is not None:

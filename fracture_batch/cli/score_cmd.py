@@ -43,15 +43,18 @@ def _choice(enum_cls) -> click.Choice:
 @click.option("--overwrite", is_flag=True, help="Remove this tool's existing parts in --out and start again.")
 @click.option("--max-pixels", type=click.IntRange(1), default=100_000_000,
               help="Refuse (error row) images with more pixels than this: protects memory from decode bombs.")
-@click.option("--dicom-ids", type=click.Choice(["hash", "keep", "drop"]), default=None,
-              help="How DICOM Study/Series/SOP Instance UIDs reach the output (default: the decoder's, hash).")
+@click.option("--dicom-ids", type=click.Choice(["hash", "keep", "drop"]), default="hash",
+              help="DICOM Study/Series/SOP Instance UIDs in the output: hash (salted SHA-256, joinable, "
+                   "not traceable without the salt), keep (as is: identifiers leave the site), drop.")
+@click.option("--uid-salt", default="", envvar="FRACTURE_BATCH_UID_SALT", show_default=False,
+              help="Salt for --dicom-ids hash (or env FRACTURE_BATCH_UID_SALT); same salt, same tokens.")
 @click.option("--amp", is_flag=True, help="torch backend: autocast (bf16 on CPU, fp16 on CUDA).")
 @click.option("--engine-cache", type=click.Path(file_okay=False, path_type=str), default=None,
               help="onnxruntime TensorRT EP engine cache directory (default: OUT/_engine_cache).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 def score(inputs, model, out, backend, device, decoder, batch_size, decode_workers, intra_op_threads,
           decode_isolation, decode_timeout, part_rows, part_seconds, resume, overwrite, max_pixels, dicom_ids,
-          amp, engine_cache, progress):
+          uid_salt, amp, engine_cache, progress):
     """Score every file under INPUTS (directories or files, walked recursively) into --out.
 
     One Parquet row per input file: path, relpath, status (ok|error), error, prob_fractured,
@@ -70,7 +73,7 @@ def score(inputs, model, out, backend, device, decoder, batch_size, decode_worke
         decoder=decoder, batch_size=batch_size, decode_workers=decode_workers, intra_op_threads=intra_op_threads,
         decode_isolation=DecodeIsolation(decode_isolation), decode_timeout=decode_timeout, part_rows=part_rows,
         part_seconds=part_seconds, resume=resume, overwrite=overwrite, max_pixels=max_pixels,
-        identifier_mode=dicom_ids, amp=amp, engine_cache_dir=engine_cache,
+        identifiers=dicom_ids, uid_salt=uid_salt, amp=amp, engine_cache_dir=engine_cache,
     )
     show = sys.stderr.isatty() if progress is None else progress
     bar = ProgressBar(enabled=show)
