@@ -105,9 +105,8 @@ def _encoded_graph(spec: ModelSpec, gpu: bool):
 
     data = fn.external_source(name="data", dtype=types.UINT8, ndim=1)
     size, anchor = _geometry_inputs(spec)
+    # size/anchor stay on the CPU: DALI argument inputs always do, whatever the data's device.
     img = fn.decoders.image(data, device="mixed" if gpu else "cpu", output_type=types.GRAY, dtype=types.UINT16)
-    if gpu and size is not None:
-        size, anchor = size.gpu(), anchor.gpu()
     return _resize_normalise(img, spec, 65535.0, size, anchor)
 
 
@@ -119,8 +118,6 @@ def _raw_graph(spec: ModelSpec, gpu: bool):
     size, anchor = _geometry_inputs(spec)
     if gpu:
         img = img.gpu()
-        if size is not None:
-            size, anchor = size.gpu(), anchor.gpu()
     return _resize_normalise(img, spec, 1.0, size, anchor)
 
 
@@ -227,7 +224,7 @@ class DaliPreprocessor:
             try:
                 out = self._run("encoded", [p for _, p in chunk], [(infos[i].width, infos[i].height) for i, _ in chunk])
                 results.append(([i for i, _ in chunk], out))
-            except RuntimeError as exc:
+            except Exception as exc:  # DALI raises RuntimeError("Critical error in pipeline ...")
                 self._drop("encoded")
                 log.info("DALI batch failed (%s); decoding its %d files one by one", str(exc).splitlines()[0], len(chunk))
                 for i, _ in chunk:

@@ -89,14 +89,26 @@ class Decoded:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"OB",
+        b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM",
+        b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV"}
+
+
 def is_dicom(path: str | Path) -> bool:
-    """DICOM by content: 128-byte preamble then b'DICM' (suffix is not trusted)."""
+    """DICOM by content (the suffix is not trusted): 128-byte preamble then b'DICM', or a
+    bare dataset (no preamble, as some old archives hold) starting with a group 0002/0008
+    element in little-endian explicit VR (a VR code at bytes 4-5) or implicit VR (a small
+    length at bytes 4-7). No raster format starts like either."""
     try:
         with open(path, "rb") as f:
             head = f.read(132)
     except OSError:
         return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+    if len(head) == 132 and head[128:132] == b"DICM":
+        return True
+    if len(head) < 8 or head[:2] not in (b"\x02\x00", b"\x08\x00"):
+        return False
+    return head[4:6] in _VRS or int.from_bytes(head[4:8], "little") < 256
 
 
 @_contained

@@ -74,9 +74,10 @@ def test_found_by_content_without_suffix(tmp_path):
     assert decode_file(path).format == "dicom"
 
 
-def test_no_preamble_with_dcm_suffix(tmp_path):
-    path = make_dicom(tmp_path / "raw.dcm", ramp12(), bits_stored=12, preamble=False)
-    assert not is_dicom(path)
+@pytest.mark.parametrize("name", ["raw.dcm", "IM0002"])
+def test_no_preamble_found_by_content(tmp_path, name):
+    path = make_dicom(tmp_path / name, ramp12(), bits_stored=12, preamble=False)
+    assert is_dicom(path)  # a bare dataset: recognised by its first element
     np.testing.assert_allclose(decode_file(path).pixels, ramp12() / 4095.0, atol=EXACT)
 
 
