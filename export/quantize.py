@@ -1,0 +1,166 @@
+"""int8 Q/DQ ONNX files calibrated on real, spec-preprocessed images.
+
+Two flavours from the same fp32 graph and the same calibration images, because the two
+runtimes want different things (the choice is measured, see benchmarks/results/):
+
+- ``model.int8.onnx`` (onnxruntime CPU): uint8 asymmetric activations, int8 symmetric
+  per-channel weights. onnxruntime fuses DQ->Conv->Q (with the Relu folded into the
+  uint8 range) into QLinearConv, whose u8s8 kernels use VNNI; symmetric int8 activations
+  keep Relu as a float op between Q/DQ pairs and run no faster than fp32.
+- ``model.int8.trt.onnx`` (TensorRT): symmetric int8 activations and weights (zero points
+  0, the only Q/DQ form TensorRT accepts), bias left in float (TensorRT fuses it; it has
+  no int32 DequantizeLinear), for a strongly typed network build.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from export.onnx_export import INPUT_NAME
+
+log = logging.getLogger(__name__)
+
+
+class Int8Flavour(str, enum.Enum):
+    ORT = "ort"
+    TENSORRT = "tensorrt"
+
+
+class ArrayCalibrationReader:
+    """``CalibrationDataReader`` over preprocessed inputs, in batches.
+
+    Inputs come from ``images.load_inputs``: the same decode + ``to_model_input`` path the
+    scorer uses, so the calibrated ranges are those the deployed model will see.
+    """
+
+    def __init__(self, inputs: np.ndarray, batch_size: int = 16):
+        self._inputs = inputs
+        self._batch_size = batch_size
+        self._iter: Iterator[dict[str, np.ndarray]] | None = None
+        self.rewind()
+
+    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, len(self._inputs), self._batch_size):
+            yield {INPUT_NAME: np.ascontiguousarray(self._inputs[start : start + self._batch_size])}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._iter, None)
+
+    def rewind(self) -> None:
+        self._iter = self._batches()
+
+    # onnxruntime checks isinstance(reader, CalibrationDataReader) in some versions:
+    # build a subclass on demand so this module imports without onnxruntime.
+    def as_ort_reader(self):
+        from onnxruntime.quantization import CalibrationDataReader
+
+        outer = self
+
+        class _Reader(CalibrationDataReader):
+            def get_next(self):
+                return outer.get_next()
+
+            def rewind(self):
+                outer.rewind()
+
+        return _Reader()
+
+
+def _quant_settings(flavour: Int8Flavour) -> dict:
+    from onnxruntime.quantization import QuantType
+
+    if flavour is Int8Flavour.ORT:
+        return {
+            "activation_type": QuantType.QUInt8,
+            "weight_type": QuantType.QInt8,
+            # VNNI accumulates u8*s8 in int32 without the saturation reduce_range guards
+            # against on older AVX2 CPUs; full 8-bit weights keep accuracy.
+            "reduce_range": False,
+            "extra_options": {"WeightSymmetric": True},
+        }
+    return {
+        "activation_type": QuantType.QInt8,
+        "weight_type": QuantType.QInt8,
+        "reduce_range": False,
+        "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+    }
+
+
+def pre_process(fp32_path: Path, out_path: Path) -> Path:
+    """onnxruntime's recommended step before static quantisation: symbolic shape
+    inference plus basic graph optimisation (constant folding, fusions), so Q/DQ pairs
+    land where ORT's fused int8 kernels expect them."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=False)
+    return out_path
+
+
+def quantize_int8(
+    fp32_path: str | Path,
+    out_path: str | Path,
+    calib_inputs: np.ndarray,
+    flavour: Int8Flavour,
+    *,
+    batch_size: int = 16,
+    preprocess: bool = True,
+) -> Path:
+    """Static per-channel Q/DQ quantisation of ``fp32_path`` into ``out_path``."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    with tempfile.TemporaryDirectory(prefix="fb-quant-", dir=out_path.parent) as tmp:
+        source = pre_process(fp32_path, Path(tmp) / "pre.onnx") if preprocess else fp32_path
+        reader = ArrayCalibrationReader(calib_inputs, batch_size).as_ort_reader()
+        quantize_static(
+            str(source),
+            str(out_path),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            # MinMax over all calibration images: ResNet activations after BN/Relu have no
+            # long outlier tails that would justify percentile/entropy clipping, and MinMax
+            # is deterministic and fast.
+            calibrate_method=CalibrationMethod.MinMax,
+            **_quant_settings(flavour),
+        )
+    log.info("wrote %s (%s flavour, %d calibration images)", out_path, flavour.value, len(calib_inputs))
+    return out_path
+
+
+def describe_qdq(path: str | Path) -> dict[str, object]:
+    """Facts about a Q/DQ file for the report and tests: activation dtypes, zero points,
+    whether weights are per-channel."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    q_nodes = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    dq_nodes = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    act_types, zero_points, per_channel = set(), [], 0
+    for node in q_nodes:
+        if len(node.input) > 2 and node.input[2] in inits:
+            zp = numpy_helper.to_array(inits[node.input[2]])
+            act_types.add(str(zp.dtype))
+            zero_points.extend(np.atleast_1d(zp).astype(int).tolist())
+    weight_zp = []
+    for node in dq_nodes:
+        if node.input[0] in inits and inits[node.input[0]].data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8):
+            if len(node.input) > 1 and len(numpy_helper.to_array(inits[node.input[1]]).shape) == 1:
+                per_channel += 1
+            if len(node.input) > 2 and node.input[2] in inits:
+                weight_zp.extend(np.atleast_1d(numpy_helper.to_array(inits[node.input[2]])).astype(int).tolist())
+    return {
+        "quantize_nodes": len(q_nodes),
+        "dequantize_nodes": len(dq_nodes),
+        "activation_dtypes": sorted(act_types),
+        "activation_zero_points_all_zero": bool(zero_points) and all(z == 0 for z in zero_points),
+        "per_channel_weight_tensors": per_channel,
+        "weight_zero_points_all_zero": all(z == 0 for z in weight_zp),
+    }
