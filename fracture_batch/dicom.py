@@ -209,7 +209,11 @@ def _frame0(ds, path: Path, forced: bool) -> np.ndarray:
     except Exception as exc:  # missing plugin, corrupt codestream, inconsistent header
         ts = ds.file_meta.get("TransferSyntaxUID", None)
         ts_name = getattr(ts, "name", ts) or "unknown transfer syntax"
-        raise DecodeError(f"DICOM pixel data cannot be decoded ({ts_name}): {exc}") from None
+        hint = ""
+        if str(ts) == "1.2.840.10008.1.2.4.51" and int(ds.get("BitsStored") or 8) > 8:
+            # No permissively licensed decoder handles 12-bit JPEG Extended through pydicom.
+            hint = " (12-bit JPEG Extended needs the optional GPL-3.0 package pylibjpeg-libjpeg)"
+        raise DecodeError(f"DICOM pixel data cannot be decoded ({ts_name}){hint}: {exc}") from None
 
 
 def stored_range(ds) -> tuple[float, float]:

@@ -139,26 +139,44 @@ def test_jpeg_baseline_encapsulated(tmp_path):
     assert np.abs(d.pixels - arr / 255.0).max() < 8 / 255  # q100 JPEG: a few levels
 
 
-def test_jpeg_lossless_via_gdcm(tmp_path):
-    """JPEG lossless (process 14): encoded with GDCM's own codec, decoded by our path."""
+def _gdcm_transcode(src, dst, ts_name: str):
+    """Re-encode ``src`` with GDCM's own codecs (pydicom has no JPEG encoder)."""
     gdcm = pytest.importorskip("gdcm")
-    arr = ramp12()
-    src = make_dicom(tmp_path / "src.dcm", arr, bits_stored=12)
     reader = gdcm.ImageReader()
     reader.SetFileName(str(src))
     assert reader.Read()
     change = gdcm.ImageChangeTransferSyntax()
-    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+    change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, ts_name)))
     change.SetInput(reader.GetImage())
     assert change.Change()
     writer = gdcm.ImageWriter()
-    writer.SetFileName(str(tmp_path / "jl.dcm"))
+    writer.SetFileName(str(dst))
     writer.SetFile(reader.GetFile())
     writer.SetImage(change.GetOutput())
     assert writer.Write()
-    d = decode_file(tmp_path / "jl.dcm")
+    return dst
+
+
+def test_jpeg_lossless_via_gdcm(tmp_path):
+    """JPEG lossless (process 14 SV1): encoded by GDCM, decoded by our path (GDCM plugin)."""
+    arr = ramp12()
+    src = make_dicom(tmp_path / "src.dcm", arr, bits_stored=12)
+    d = decode_file(_gdcm_transcode(src, tmp_path / "jl.dcm", "JPEGLosslessProcess14_1"))
     assert d.meta["dicom_transfer_syntax_uid"] == uid.JPEGLosslessSV1
     np.testing.assert_allclose(d.pixels, arr / 4095.0, atol=EXACT)
+
+
+def test_jpeg_extended_12bit_says_what_is_missing(tmp_path):
+    """12-bit JPEG Extended: no permissive decoder via pydicom; the error row says which
+    optional (GPL) package would read it instead of a bare plugin failure."""
+    import importlib.util
+
+    if importlib.util.find_spec("libjpeg") is not None:
+        pytest.skip("pylibjpeg-libjpeg installed: 12-bit JPEG Extended decodes")
+    src = make_dicom(tmp_path / "src.dcm", ramp12(), bits_stored=12)
+    path = _gdcm_transcode(src, tmp_path / "jx.dcm", "JPEGExtendedProcess2_4")
+    with pytest.raises(DecodeError, match="JPEG Extended.*pylibjpeg-libjpeg"):
+        decode_file(path)
 
 
 def test_deflated_transfer_syntax(tmp_path):
