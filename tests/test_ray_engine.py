@@ -1,0 +1,211 @@
+"""`--engine ray`: the same rows as the local runner, resume, staging recovery, the install hint.
+
+One local Ray instance for the module, sized for this 2-core machine: 2 CPUs, a pool of
+one Predictor actor (1 CPU) so a decode/write task always finds the other CPU (a pool
+holding every CPU starves Ray Data's tasks and the run never ends), 200 MB object store.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from fracture_batch import sink
+from fracture_batch.backends import BackendError
+from fracture_batch.rows import COLUMNS, RowContext, error_row, ok_row, rows_to_table, schema
+from fracture_batch.runner import ScoreConfig, score
+from fracture_batch.runner_support import DecodeIsolation
+from fracture_batch.scaleout import staging
+from fracture_batch.scaleout.ray_engine import (
+    INSTALL_HINT,
+    RayConfig,
+    RayNotInstalledError,
+    has_ray,
+    import_ray,
+    resolve_workers,
+    run_ray,
+)
+from fracture_batch.spec import SPEC_METADATA_KEY, ModelSpec
+
+import modelgen
+
+needs_ray = pytest.mark.skipif(not has_ray(), reason="ray[data] not installed (pip install '.[ray]')")
+RAY = RayConfig(workers=1, cpus_per_worker=1, decode_cpus=1)
+# Per-row timings legitimately differ between runs; everything else must be equal.
+TIMING_COLUMNS = ("decode_ms", "infer_ms")
+# Both engines run the same onnxruntime CPU session on the same tensors, but Ray may cut
+# batches differently, and a different batch size may change the order of float32
+# accumulations inside the convolutions: allow 1e-5 on a probability (float32 has ~1e-7
+# resolution near 0.5; a real preprocessing or model difference moves it by >1e-3).
+PROB_TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return modelgen.tiny_models(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    if not has_ray():
+        pytest.skip("ray[data] not installed (pip install '.[ray]')")
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2,
+             log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+def _cfg(inputs, model, out, **kw) -> ScoreConfig:
+    base = dict(decoder="python", batch_size=4, decode_workers=1, intra_op_threads=1,
+                decode_isolation=DecodeIsolation.THREAD, part_rows=5, part_seconds=60.0)
+    base.update(kw)
+    return ScoreConfig(inputs=tuple(str(i) for i in inputs), model=str(model), out=str(out), **base)
+
+
+def _rows(out) -> dict[str, dict]:
+    t = ds.dataset(str(out), format="parquet").to_table()
+    paths = t.column("path").to_pylist()
+    assert len(paths) == len(set(paths)), "a path was written twice"
+    return {r["path"]: r for r in t.to_pylist()}
+
+
+@needs_ray
+def test_ray_and_local_engines_write_the_same_rows(ray_local, models, tmp_path):
+    _, onnx_path = models
+    modelgen.write_images(tmp_path / "in" / "a", 8, formats=("png", "png16", "jpeg", "tiff"))
+    modelgen.write_bad_inputs(tmp_path / "in" / "bad")
+    local = score(_cfg([tmp_path / "in"], onnx_path, tmp_path / "local"))
+    remote = run_ray(_cfg([tmp_path / "in"], onnx_path, tmp_path / "ray"), RAY)
+
+    a, b = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
+    assert set(a) == set(b) and len(b) == local.files_seen == remote.files_seen == remote.scored == 14
+    for path, ra in a.items():
+        rb = b[path]
+        if ra["prob_fractured"] is not None:
+            assert rb["prob_fractured"] == pytest.approx(ra["prob_fractured"], abs=PROB_TOL)
+        same = [c for c in COLUMNS if c not in TIMING_COLUMNS and c != "prob_fractured"]
+        assert {c: rb[c] for c in same} == {c: ra[c] for c in same}, path
+    assert (remote.ok, remote.errors) == (local.ok, local.errors) == (9, 5)
+    assert b[str(tmp_path / "in" / "bad" / "notes.txt")]["error"]  # error rows carry a message
+
+    # Same schema (types, order) and the spec in every part's metadata, in the sink's names.
+    parts = sink.committed_parts(tmp_path / "ray")
+    assert parts and all(p.name.startswith("part-") for p in parts)
+    assert not staging.stale_staging(tmp_path / "ray")
+    local_schema = pq.read_schema(sink.committed_parts(tmp_path / "local")[0])
+    for p in parts:
+        s = pq.read_schema(p)
+        assert s.equals(local_schema, check_metadata=False)
+        assert ModelSpec.from_json(s.metadata[SPEC_METADATA_KEY.encode()]).input_size == modelgen.INPUT_SIZE
+        assert pq.ParquetFile(p).metadata.num_rows <= 5  # part_rows honoured
+    done = sink.read_success(tmp_path / "ray")
+    assert done["engine"] == "ray" and done["ok"] == 9 and done["errors"] == 5
+    assert done["ray"]["workers_resolved"] == 1 and "ray" in done["versions"]
+
+
+@needs_ray
+def test_resume_across_engines_scores_only_new_inputs(ray_local, models, tmp_path):
+    _, onnx_path = models
+    modelgen.write_images(tmp_path / "in", 5)
+    score(_cfg([tmp_path / "in"], onnx_path, tmp_path / "out"))  # the local runner starts the dataset
+    modelgen.write_images(tmp_path / "in", 3, start=5)
+    cfg = _cfg([tmp_path / "in"], onnx_path, tmp_path / "out")
+    s = run_ray(cfg, RAY)
+    assert (s.already_done, s.scored, s.dataset_rows) == (5, 3, 8)
+    assert len(_rows(tmp_path / "out")) == 8
+    again = run_ray(cfg, RAY)  # nothing left: no pipeline, a fresh _SUCCESS
+    assert (again.already_done, again.scored) == (8, 0) and sink.read_success(tmp_path / "out")["scored"] == 0
+    with pytest.raises(sink.SinkError, match="--resume .* or --overwrite"):
+        run_ray(dataclasses.replace(cfg, resume=False), RAY)
+
+
+@needs_ray
+def test_decoding_runs_as_cpu_tasks_not_inside_the_actors(ray_local, capsys):
+    """Ray fuses task maps into actor maps with equal resources; the plan must keep them apart."""
+    from fracture_batch.scaleout.ray_engine import create_dataset
+    from fracture_batch.scaleout.ray_stages import work_table
+    from fracture_batch.discover import InputFile
+
+    blocks = [work_table([InputFile("/x/a.png", "a.png", 10)])]
+    kw = dict(model="m.onnx", backend="auto", device="auto", options={}, decode_options={})
+    for fuse, expected in ((False, "TaskPoolMapOperator[MapBatches(decode_batch)]"),
+                           (True, "ActorPoolMapOperator[MapBatches(decode_batch)->MapBatches(PredictStage)]")):
+        ds = create_dataset(ray_local, blocks, batch_size=4, cfg=dataclasses.replace(RAY, fuse_decode=fuse),
+                            workers=1, spec=modelgen.tiny_spec(), predictor_kwargs=kw)
+        ds.explain()
+        optimized = capsys.readouterr().out.split("Physical Plan (Optimized)")[-1]
+        assert expected in optimized, optimized
+
+
+@needs_ray
+def test_model_unloadable_on_workers_is_fatal_before_inputs(ray_local, tmp_path):
+    modelgen.write_images(tmp_path / "in", 2)
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"not an onnx file")
+    with pytest.raises(BackendError, match="cannot be loaded on the Ray workers"):
+        run_ray(_cfg([tmp_path / "in"], bad, tmp_path / "out"), RAY)
+    assert not sink.committed_parts(tmp_path / "out") and sink.read_success(tmp_path / "out") is None
+
+
+def _staged_table(paths, spec=modelgen.tiny_spec()):
+    ctx = RowContext(spec, "ab" * 32)
+    rows = [ok_row(p, os.path.basename(p), 0.25, "not_fractured", ctx) for p in paths[:-1]]
+    rows.append(error_row(paths[-1], os.path.basename(paths[-1]), "corrupt", ctx))
+    return rows_to_table(rows, schema(spec))
+
+
+def test_staging_left_by_a_killed_run_is_recovered_without_duplicates(tmp_path):
+    out = sink.prepare_output_dir(tmp_path / "out")
+    sink.PartWriter(out, "earlier").write(_staged_table(["/d/0.png", "/d/1.png"]))  # already committed
+    stage = staging.staging_dir(out, "killed")
+    stage.mkdir()
+    pq.write_table(_staged_table(["/d/1.png", "/d/2.png", "/d/3.png"]), stage / "a_000000-0.parquet")
+    whole = (stage / "a_000000-0.parquet").read_bytes()
+    (stage / "b_000001-0.parquet").write_bytes(whole[: len(whole) // 2])  # cut short by the kill
+
+    assert staging.recover(out) == 2  # /d/2 and /d/3; /d/1 was committed already
+    assert not staging.stale_staging(out)
+    rows = _rows(out)
+    assert sorted(rows) == ["/d/0.png", "/d/1.png", "/d/2.png", "/d/3.png"]
+    assert rows["/d/3.png"]["status"] == "error"
+    assert all(pq.read_schema(p).metadata[SPEC_METADATA_KEY.encode()] for p in sink.committed_parts(out))
+
+
+def test_overwrite_discards_stale_staging(tmp_path):
+    out = sink.prepare_output_dir(tmp_path / "out")
+    stage = staging.staging_dir(out, "killed")
+    stage.mkdir()
+    pq.write_table(_staged_table(["/d/1.png", "/d/2.png"]), stage / "a.parquet")
+    assert staging.recover(out, discard=True) == 0
+    assert not staging.stale_staging(out) and not sink.committed_parts(out)
+
+
+def test_without_ray_one_line_install_hint(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    assert not has_ray()
+    with pytest.raises(RayNotInstalledError) as err:
+        import_ray()
+    assert str(err.value) == INSTALL_HINT and "\n" not in INSTALL_HINT
+    assert "pip install 'fracture-batch[ray]'" in INSTALL_HINT
+    with pytest.raises(RayNotInstalledError):  # before any output is created
+        run_ray(_cfg([tmp_path], tmp_path / "m.onnx", tmp_path / "out"), RAY)
+    assert not (tmp_path / "out").exists()
+
+
+def test_worker_count_leaves_a_cpu_for_decoding():
+    assert resolve_workers(RayConfig(), {"CPU": 2}) == 1
+    assert resolve_workers(RayConfig(), {"CPU": 16}) == 12  # 3/4 of the cores infer
+    assert resolve_workers(RayConfig(cpus_per_worker=4), {"CPU": 64}) == 12
+    assert resolve_workers(RayConfig(gpus_per_worker=1), {"CPU": 32, "GPU": 4}) == 4
+    assert resolve_workers(RayConfig(gpus_per_worker=0.5), {"CPU": 32, "GPU": 4}) == 8
+    with pytest.raises(BackendError, match="no CPU for decoding"):
+        resolve_workers(RayConfig(workers=2), {"CPU": 2})
+    with pytest.raises(BackendError, match="has 0 GPU"):
+        resolve_workers(RayConfig(gpus_per_worker=1), {"CPU": 8})
