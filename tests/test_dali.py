@@ -77,7 +77,11 @@ def test_dali_per_file_errors_and_fallback(tmp_path):
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
     bomb = png_header_only(tmp_path / "bomb.png", 50_000, 50_000)
     (tmp_path / "text.png").write_text("not an image")
-    items = [(good, None), (tmp_path / "cut.png", None), (bomb, None), (tmp_path / "text.png", None), (good, None)]
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "pages.tif", np.zeros((300, 2, 2), np.uint8))  # > MAX_TIFF_PAGES
+    items = [(good, None), (tmp_path / "cut.png", None), (bomb, None), (tmp_path / "text.png", None), (good, None),
+             (tmp_path / "pages.tif", None)]
     pre = DaliPreprocessor(spec, batch_size=8)
     batch = pre.run(items)
     assert batch.errors[0] is None and batch.errors[4] is None
@@ -85,6 +89,7 @@ def test_dali_per_file_errors_and_fallback(tmp_path):
     assert batch.fallbacks >= 1  # the cut PNG failed a DALI batch; its batch-mates were redone
     assert "above the limit" in batch.errors[2]
     assert "not an image" in batch.errors[3]
+    assert "more than 256 pages" in batch.errors[5]
     want, _ = decode_for_model(good, spec)
     np.testing.assert_allclose(batch.tensors[4], batch.tensors[0], atol=1e-5)  # float32 rounding
     assert np.abs(batch.tensors[0] - want)[:, 1:-1, 1:-1].max() < 1e-3
