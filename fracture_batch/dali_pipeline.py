@@ -44,6 +44,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from fracture_batch.decode import DEFAULT_MAX_PIXELS, DICOM_SUFFIXES, Decoded, DecodeError, decode_file, probe_image
+from fracture_batch import preprocess
 from fracture_batch.decoders import IdentifierMode, has_dali
 from fracture_batch.spec import ModelSpec, ResizeMode
 
@@ -122,11 +123,9 @@ def _raw_graph(spec: ModelSpec, gpu: bool):
 
 
 def crop_geometry(width: int, height: int, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(resized (H, W), crop anchor (top, left)) by the rule of preprocess.resize_gray."""
-    s = spec.input_size
-    scale = spec.resize_size / min(width, height)
-    nw, nh = max(s, round(width * scale)), max(s, round(height * scale))
-    return np.array([nh, nw], np.float32), np.array([(nh - s) // 2, (nw - s) // 2], np.int32)
+    """(resized (H, W), crop anchor (top, left)) by preprocess.crop_geometry's rule."""
+    nw, nh, left, top = preprocess.crop_geometry(width, height, spec)
+    return np.array([nh, nw], np.float32), np.array([top, left], np.int32)
 
 
 class DaliPreprocessor:

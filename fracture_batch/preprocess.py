@@ -23,12 +23,20 @@ def resize_gray(gray01: np.ndarray, spec: ModelSpec) -> np.ndarray:
     s = spec.input_size
     if spec.resize_mode is ResizeMode.SQUASH:
         return np.asarray(img.resize((s, s), Image.Resampling.BILINEAR), dtype=np.float32)
-    w, h = img.size
-    scale = spec.resize_size / min(w, h)
-    nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
+    nw, nh, left, top = crop_geometry(*img.size, spec)
     img = img.resize((nw, nh), Image.Resampling.BILINEAR)
-    left, top = (nw - s) // 2, (nh - s) // 2
     return np.asarray(img.crop((left, top, left + s, top + s)), dtype=np.float32)
+
+
+def crop_geometry(width: int, height: int, spec: ModelSpec) -> tuple[int, int, int, int]:
+    """SHORTER_SIDE_CENTER_CROP: (resized width, resized height, crop left, crop top).
+
+    The DALI pipeline feeds these same numbers to its resize and slice operators.
+    """
+    s = spec.input_size
+    scale = spec.resize_size / min(width, height)
+    nw, nh = max(s, round(width * scale)), max(s, round(height * scale))
+    return nw, nh, (nw - s) // 2, (nh - s) // 2
 
 
 def normalize_gray(resized01: np.ndarray, spec: ModelSpec) -> np.ndarray:
