@@ -8,6 +8,8 @@ engine built, from a file already known to be right.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,9 +21,9 @@ from fracture_batch.spec import ModelSpec
 from export import parity as P
 from export.config import ExportConfig, Precision, Variant, variants_for
 from export.fp16 import count_float16_ops, create_fp16_module, export_fp16
-from export.images import ImageSet, load_inputs, resolve_image_sets
+from export.images import ImageSet, load_inputs, require_image_source, resolve_image_sets
 from export.onnx_export import export_onnx, file_sha256, stamp_and_check
-from export.quantize import Int8Flavour, describe_qdq, quantize_int8
+from export.quantize import Int8Flavour, describe_qdq, pre_process, quantize_int8
 from export.report import EngineReport, ExportReport, VariantReport
 
 log = logging.getLogger(__name__)
@@ -35,16 +37,22 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
-def _write_variant(variant: Variant, model, spec: ModelSpec, config: ExportConfig, calib: np.ndarray | None) -> Path:
+def _write_variant(variant: Variant, model, spec: ModelSpec, config: ExportConfig, calib: np.ndarray | None,
+                   quant_source: Path) -> Path:
     path = Path(config.out_dir) / variant.filename
-    fp32_path = Path(config.out_dir) / Variant.FP32.filename
     if variant is Variant.FP32:
         export_onnx(model, spec, path, opset=config.opset)
     elif variant is Variant.FP16:
         export_fp16(model, spec, path, opset=config.opset)
     else:
         flavour = Int8Flavour.ORT if variant is Variant.INT8 else Int8Flavour.TENSORRT
-        quantize_int8(fp32_path, path, calib, flavour, batch_size=config.batch_size, preprocess=config.preprocess_for_quant)
+        if not quant_source.is_file():  # both flavours quantise the same pre-processed graph
+            fp32_path = Path(config.out_dir) / Variant.FP32.filename
+            if config.preprocess_for_quant:
+                pre_process(fp32_path, quant_source)
+            else:
+                shutil.copyfile(fp32_path, quant_source)
+        quantize_int8(quant_source, path, calib, flavour, batch_size=config.batch_size)
     stamp_and_check(path, spec, variant.value)
     return path
 
@@ -94,7 +102,26 @@ def resolve_trt_variant(config: ExportConfig, variants: tuple[Variant, ...]) -> 
     return variant
 
 
+def _check_variant(variant, path, model, spec, heldout, reference, labels, config) -> VariantReport:
+    parity, checks = _measure(variant, path, model, spec, heldout, reference, labels, config)
+    failures = P.bar_failures(variant, parity, config.bars)
+    log.info("%s: max|dp| %.2e agreement %.2f%% %s", variant.value, parity.max_abs_diff, 100 * parity.agreement,
+             "ok" if not failures else "FAIL " + "; ".join(failures))
+    return VariantReport(
+        variant=variant.value,
+        path=str(path),
+        sha256=file_sha256(path),
+        size_bytes=path.stat().st_size,
+        parity=parity,
+        passed=not failures,
+        failures=tuple(failures),
+        checks=checks,
+        details=_details(variant, path),
+    )
+
+
 def export_model(config: ExportConfig) -> ExportReport:
+    require_image_source(config)  # before the (slow) checkpoint load
     model, spec = load_checkpoint(config.checkpoint)
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -110,25 +137,10 @@ def export_model(config: ExportConfig) -> ExportReport:
     reference = P.torch_logits(model, heldout, config.batch_size)
 
     reports = []
-    for variant in variants:
-        path = _write_variant(variant, model, spec, config, calib)
-        parity, checks = _measure(variant, path, model, spec, heldout, reference, labels, config)
-        failures = P.bar_failures(variant, parity, config.bars)
-        log.info("%s: max|dp| %.2e agreement %.2f%% %s", variant.value, parity.max_abs_diff, 100 * parity.agreement,
-                 "ok" if not failures else "FAIL " + "; ".join(failures))
-        reports.append(
-            VariantReport(
-                variant=variant.value,
-                path=str(path),
-                sha256=file_sha256(path),
-                size_bytes=path.stat().st_size,
-                parity=parity,
-                passed=not failures,
-                failures=tuple(failures),
-                checks=checks,
-                details=_details(variant, path),
-            )
-        )
+    with tempfile.TemporaryDirectory(prefix=".quant-", dir=out_dir) as tmp:
+        for variant in variants:
+            path = _write_variant(variant, model, spec, config, calib, Path(tmp) / "pre.onnx")
+            reports.append(_check_variant(variant, path, model, spec, heldout, reference, labels, config))
 
     report = ExportReport(
         checkpoint=str(config.checkpoint),

@@ -82,13 +82,17 @@ def _split_dir(data_dir: Path, names: tuple[str, ...], exclude: Path | None = No
     return None
 
 
-def resolve_image_sets(config: ExportConfig, spec: ModelSpec) -> tuple[ImageSet, ImageSet]:
-    """-> (calibration set, held-out parity set), disjoint, each capped by the config."""
+def require_image_source(config: ExportConfig) -> None:
     if config.data_dir is None and config.calib_dir is None:
         raise ImageSourceError(
             "export needs real images to calibrate int8 and check parity: pass --data-dir "
             "(the dataset used for training, with train/val/test splits) or --calib-dir"
         )
+
+
+def resolve_image_sets(config: ExportConfig, spec: ModelSpec) -> tuple[ImageSet, ImageSet]:
+    """-> (calibration set, held-out parity set), disjoint, each capped by the config."""
+    require_image_source(config)
     if config.data_dir is not None:
         data_dir = Path(config.data_dir)
         heldout_dir = _split_dir(data_dir, HELDOUT_SPLITS)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -102,35 +101,31 @@ def pre_process(fp32_path: Path, out_path: Path) -> Path:
 
 
 def quantize_int8(
-    fp32_path: str | Path,
+    source_path: str | Path,
     out_path: str | Path,
     calib_inputs: np.ndarray,
     flavour: Int8Flavour,
     *,
     batch_size: int = 16,
-    preprocess: bool = True,
 ) -> Path:
-    """Static per-channel Q/DQ quantisation of ``fp32_path`` into ``out_path``."""
+    """Static per-channel Q/DQ quantisation of ``source_path`` (fp32, ideally after
+    ``pre_process``) into ``out_path``."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
-    fp32_path, out_path = Path(fp32_path), Path(out_path)
-    with tempfile.TemporaryDirectory(prefix="fb-quant-", dir=out_path.parent) as tmp:
-        source = pre_process(fp32_path, Path(tmp) / "pre.onnx") if preprocess else fp32_path
-        reader = ArrayCalibrationReader(calib_inputs, batch_size).as_ort_reader()
-        quantize_static(
-            str(source),
-            str(out_path),
-            reader,
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            # MinMax over all calibration images: ResNet activations after BN/Relu have no
-            # long outlier tails that would justify percentile/entropy clipping, and MinMax
-            # is deterministic and fast.
-            calibrate_method=CalibrationMethod.MinMax,
-            **_quant_settings(flavour),
-        )
+    reader = ArrayCalibrationReader(calib_inputs, batch_size).as_ort_reader()
+    quantize_static(
+        str(source_path),
+        str(out_path),
+        reader,
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        # MinMax over all calibration images: deterministic, and ResNet activations after
+        # BN/Relu have no long outlier tails that would call for percentile clipping.
+        calibrate_method=CalibrationMethod.MinMax,
+        **_quant_settings(flavour),
+    )
     log.info("wrote %s (%s flavour, %d calibration images)", out_path, flavour.value, len(calib_inputs))
-    return out_path
+    return Path(out_path)
 
 
 def describe_qdq(path: str | Path) -> dict[str, object]:
