@@ -135,9 +135,10 @@ def cuda_bandwidth(mib: int = 1024, repeats: int = 10, warmup: int = 2) -> list[
                         extra={"gbytes_per_s": gbps, "mib": mib}, **s.ms())]
 
 
-def ceiling_configs(*, quick: bool, cuda: bool) -> list[tuple[str, dict[str, Any], Measurement, tuple[str, ...]]]:
-    """(target, kwargs, label, env to unset) for each ceiling measured in this run."""
-    n = 2048 if quick else 4096
+def ceiling_configs(*, quick: bool, cuda: bool, n: int = 0) -> list[tuple[str, dict[str, Any], Measurement, tuple[str, ...]]]:
+    """(target, kwargs, label, env to unset) for each ceiling measured in this run.
+    4096^2 (137 GFLOP, ~0.3 s at 400 GFLOP/s) is large enough for peak on 2 cores."""
+    n = n or (2048 if quick else 4096)
     reps = 3 if quick else 7
     mod = "fracture_batch.benchmarking.ceilings"
     out = [
@@ -174,11 +175,11 @@ def resolve_ceiling(rows: list[Measurement], device: str, precision: str) -> tup
     return peak(best), best.name
 
 
-def measure_ceilings(*, quick: bool, cuda: bool, in_process: bool = False) -> list[Measurement]:
+def measure_ceilings(*, quick: bool, cuda: bool, in_process: bool = False, n: int = 0) -> list[Measurement]:
     from fracture_batch.benchmarking.isolate import run_isolated
 
     rows: list[Measurement] = []
-    for target, kwargs, label, unset in ceiling_configs(quick=quick, cuda=cuda):
+    for target, kwargs, label, unset in ceiling_configs(quick=quick, cuda=cuda, n=n):
         t0 = time.perf_counter()
         rows += run_isolated(target, kwargs, label=label, unset_env=unset, in_process=in_process, timeout_s=300)
         log.info("ceiling %s: %.1f s", label.name, time.perf_counter() - t0)

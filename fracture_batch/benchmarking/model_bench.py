@@ -11,6 +11,7 @@ of the same architecture; the parent adds the fraction of the same-dtype GEMM ce
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -105,7 +106,8 @@ def _resolve_one(art: ModelArtifacts, backend: str, precision: str, device: str)
     return skip(f"unknown backend {backend!r}")
 
 
-def create_backend(backend: str, precision: str, device: str, model_path: str, threads: int):
+def create_backend(backend: str, precision: str, device: str, model_path: str, threads: int,
+                   max_batch: int = 128):
     """The scorer's own backend objects, so the bench measures what ``score`` runs."""
     from fracture_batch.backends.base import BackendOptions, DeviceKind
 
@@ -120,9 +122,18 @@ def create_backend(backend: str, precision: str, device: str, model_path: str, t
 
         return TorchBackend(model_path, dev, opts)
     if backend == "tensorrt":
-        from fracture_batch.backends import tensorrt_engine  # lands with the GPU backend
+        # Build the engine from the ONNX file (export's builder), then run it through the
+        # scorer's TensorRT backend; build + load time is the row's build_s.
+        from pathlib import Path
 
-        return tensorrt_engine.create_from_onnx(model_path, precision=precision, options=opts)
+        from export.tensorrt_build import BuildSettings, build_engine
+        from fracture_batch.backends.tensorrt_backend import TensorRTBackend
+        from fracture_batch.onnx_meta import read_spec_from_onnx
+
+        engine = Path(tempfile.mkdtemp(prefix="fb-bench-trt-")) / f"model.{precision}.plan"
+        build_engine(model_path, engine, read_spec_from_onnx(model_path), precision,
+                     BuildSettings(max_batch=max_batch))
+        return TensorRTBackend(engine, dev, opts)
     raise ValueError(f"unknown backend {backend!r}")
 
 
@@ -131,7 +142,7 @@ def run_model_config(*, backend: str, precision: str, device: str, model_path: s
                      threads: int, flops_per_image: float) -> list[Measurement]:
     """Child-process body: build once, then time each batch size."""
     t0 = time.perf_counter()
-    be = create_backend(backend, precision, device, model_path, threads)
+    be = create_backend(backend, precision, device, model_path, threads, max_batch=max(batch_sizes))
     build_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     rows = []

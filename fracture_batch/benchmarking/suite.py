@@ -47,6 +47,7 @@ class BenchConfig:
     archive_n: int = 24
     decode_n: int = 12  # files per format in the decode suite
     e2e_repeats: int = 1
+    gemm_n: int = 0  # ceiling GEMM side; 0: 4096 (2048 with quick)
     quick: bool = False
     workdir: Path | None = None  # generated corpora and models (cached between runs)
     in_process: bool = False  # tests only: no child processes
@@ -76,7 +77,7 @@ def run_bench(cfg: BenchConfig) -> BenchRun:
         from fracture_batch.benchmarking.ceilings import measure_ceilings
 
         log.info("measuring GEMM ceilings")
-        rows += measure_ceilings(quick=cfg.quick, cuda="cuda" in devices and has_cuda(), in_process=cfg.in_process)
+        rows += measure_ceilings(quick=cfg.quick, cuda="cuda" in devices and has_cuda(), in_process=cfg.in_process, n=cfg.gemm_n)
     art = None
     if Suite.MODEL in cfg.suites or Suite.E2E in cfg.suites:
         from fracture_batch.benchmarking.artifacts import resolve_artifacts

@@ -1,0 +1,2 @@
+"""Benchmark scripts (thin wrappers over ``fracture_batch.benchmarking``); run from the
+repository root, e.g. ``python -m benchmarks.run_all --out benchmarks/results``."""

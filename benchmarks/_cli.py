@@ -1,0 +1,10 @@
+"""Shared entry for the thin scripts: ``fracture-batch bench`` with some options fixed."""
+from __future__ import annotations
+
+import sys
+
+
+def run_bench(fixed: list[str], argv: list[str] | None = None) -> None:
+    from fracture_batch.cli.bench_cmd import bench
+
+    bench.main(args=fixed + list(sys.argv[1:] if argv is None else argv), prog_name=f"python {sys.argv[0]}")

@@ -1,0 +1,6 @@
+"""Only the `model` suite of `fracture-batch bench`; every other option passes through
+(see `python -m benchmarks.bench_model --help`)."""
+from benchmarks._cli import run_bench
+
+if __name__ == "__main__":
+    run_bench(["--suite", "model"])

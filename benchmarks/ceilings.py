@@ -1,0 +1,6 @@
+"""Only the `ceilings` suite of `fracture-batch bench`; every other option passes through
+(see `python -m benchmarks.ceilings --help`)."""
+from benchmarks._cli import run_bench
+
+if __name__ == "__main__":
+    run_bench(["--suite", "ceilings"])

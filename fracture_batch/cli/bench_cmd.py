@@ -1,0 +1,120 @@
+"""``fracture-batch bench``: throughput/latency of every stage and backend, and the GPU
+acceptance run. Thin: options -> ``benchmarking.suite.run_bench`` / ``acceptance``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from fracture_batch.benchmarking.suite import Suite
+
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+DEVICES = ("cpu", "cuda")
+
+
+def _ints(ctx, param, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        out = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter("comma-separated integers, e.g. 1,8,32,128") from None
+    if not out or min(out) < 1:
+        raise click.BadParameter("batch sizes must be >= 1")
+    return out
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", type=click.Path(exists=True, path_type=Path), default=None,
+              help="An export directory (model.onnx, model.int8.onnx, ... and model.pt), a checkpoint or an "
+                   ".onnx file. Default: a randomly initialised --arch exported by the bench (speed does not "
+                   "depend on the weights).")
+@click.option("--suite", "suites", type=click.Choice([s.value for s in Suite]), multiple=True,
+              help="Which suites to run (repeatable). Default: all: ceilings (large GEMM per dtype), model "
+                   "(model only), decode (decode only), e2e (score vs the naive scorer).")
+@click.option("--backends", type=click.Choice(BACKENDS), multiple=True,
+              help="Backends for the model-only suite (repeatable). Default: onnxruntime and torch on CPU; "
+                   "tensorrt, onnxruntime and torch on CUDA.")
+@click.option("--precisions", type=click.Choice(PRECISIONS), multiple=True,
+              help="Precisions (repeatable). Default per device: CPU onnxruntime fp32/int8, torch fp32/bf16; "
+                   "CUDA fp32/fp16/int8. Combinations that cannot run become rows saying why.")
+@click.option("--devices", type=click.Choice(DEVICES), multiple=True,
+              help="Devices (repeatable). Default: cpu and cuda (cuda rows are skipped with the reason when "
+                   "there is no GPU).")
+@click.option("--batch-sizes", callback=_ints, default=None,
+              help="Comma-separated batch sizes for the model-only suite. Default 1,8,32,128 (1,8 with --quick).")
+@click.option("--repeats", type=click.IntRange(1), default=None,
+              help="Timed repeats per configuration (default 10, 3 with --quick); a configuration stops early "
+                   "after 3 repeats once it has used --max-seconds.")
+@click.option("--warmup", type=click.IntRange(0), default=None,
+              help="Untimed warm-up calls before timing (default 2, 1 with --quick).")
+@click.option("--max-seconds", type=click.FloatRange(0.1), default=None,
+              help="Time budget per configuration and batch size after the first 3 repeats (default 15).")
+@click.option("--threads", type=click.IntRange(0), default=0, show_default=True,
+              help="Inference threads (onnxruntime intra_op_num_threads, torch.set_num_threads); 0 = every "
+                   "usable core.")
+@click.option("--arch", default="resnet50", show_default=True, help="Architecture when no --model is given.")
+@click.option("--input-size", type=click.IntRange(16), default=224, show_default=True,
+              help="Input side when no --model is given.")
+@click.option("--small-n", type=click.IntRange(0), default=None,
+              help="Images in the small (400-700 px JPEG/PNG) end-to-end corpus (default 600, 48 with --quick).")
+@click.option("--archive-n", type=click.IntRange(0), default=None,
+              help="Images in the archive (~2000x2500 12-bit PNG/DICOM) corpus (default 24, 4 with --quick).")
+@click.option("--quick", is_flag=True,
+              help="About two minutes for ResNet50 on 2 cores: batch sizes 1,8, 3 repeats, small corpora. "
+                   "For smoke tests and `make demo`; figures are indicative only.")
+@click.option("--acceptance", is_flag=True,
+              help="Instead of benchmarking, run every GPU path once (CUDA AMP training step, DALI mixed, "
+                   "TensorRT fp32/fp16/int8 builds, TensorRT and onnxruntime CUDA/TensorRT-EP parity) plus "
+                   "their CPU counterparts; prints pass/fail/skipped with reasons; exit 1 on any failure.")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where generated corpora and models are cached between runs (default: the temp dir).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench_results"),
+              show_default=True,
+              help="Output directory: bench.json, bench.parquet, bench.md, bench_*.png, README_section.md "
+                   "(acceptance.json/.md with --acceptance).")
+def bench(model, suites, backends, precisions, devices, batch_sizes, repeats, warmup, max_seconds, threads, arch,
+          input_size, small_n, archive_n, quick, acceptance, workdir, out):
+    """Benchmark the model, decoders and end-to-end scoring (or run the GPU acceptance).
+
+    Every figure is warmed up, repeated and reported as median and p95/p99; one
+    configuration runs per process; GEMM ceilings and the naive scorer (PIL +
+    torchvision + DataLoader + eager fp32) are measured in the same run.
+    """
+    if acceptance:
+        _acceptance(model, out, workdir, arch if model else "resnet18", input_size if model else 64)
+        return
+    from fracture_batch.benchmarking.suite import BenchConfig, run_bench
+
+    opts = dict(model=model, arch=arch, input_size=input_size, suites=tuple(Suite(s) for s in suites) or tuple(Suite),
+                backends=tuple(backends) or None, precisions=tuple(precisions) or None,
+                batch_sizes=batch_sizes, repeats=repeats, warmup=warmup, max_seconds=max_seconds, threads=threads,
+                small_n=small_n, archive_n=archive_n, workdir=workdir)
+    if devices:
+        opts["devices"] = tuple(devices)
+    if quick:
+        cfg = BenchConfig.quick_preset(out, **opts)
+    else:
+        cfg = BenchConfig(out=out, **{k: v for k, v in opts.items() if v is not None})
+    run = run_bench(cfg)
+    click.echo((out / "bench.md").read_text())
+    n_ok = sum(r.status == "ok" for r in run.measurements)
+    click.echo(f"{n_ok} measurement(s), {len(run.measurements) - n_ok} not measured (reasons in the table); "
+               f"results in {out}/ (bench.json, bench.parquet, bench.md, plots)")
+
+
+def _acceptance(model, out: Path, workdir, arch: str, input_size: int) -> None:
+    from fracture_batch.benchmarking.acceptance import format_table, run_acceptance
+    from fracture_batch.benchmarking.machine import describe_machine
+    from fracture_batch.benchmarking.records import BenchRun, write_json
+
+    rows = run_acceptance(model=model, arch=arch, input_size=input_size, workdir=workdir)
+    text = format_table(rows)
+    click.echo(text)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(BenchRun(machine=describe_machine(), measurements=rows, run={"kind": "acceptance"}),
+               out / "acceptance.json")
+    (out / "acceptance.md").write_text("```\n" + text + "\n```\n")
+    if any(r.status == "fail" for r in rows):
+        raise SystemExit(1)
