@@ -1,0 +1,1 @@
+"""Fine-tuning of the fracture classifier: ``train.fit.fit(TrainConfig)`` is the entry point."""
