@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import multiprocessing as mp
 import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,51 +97,70 @@ class PythonDecoder:
         pass
 
 
-def _child_main(conn, spec_json: str, opts: dict) -> None:
-    # Single-threaded child: the parent sized its worker count to the cores.
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = "1"
-    spec = ModelSpec.from_json(spec_json)
-    options = DecodeOptions(**opts)
-    conn.send("ready")  # imports done: the parent's per-file timeout starts from here
+def _child_entry() -> None:
+    """Child process main: ``python -c ... <read fd> <write fd>``, pickled messages over pipes."""
+    from multiprocessing.connection import Connection
+
+    rx, tx = Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False)
+    spec_json, opts = rx.recv()
+    spec, options = ModelSpec.from_json(spec_json), DecodeOptions(**opts)
+    tx.send("ready")  # imports done: the parent's per-file timeout starts from here
     while True:
         try:
-            file = conn.recv()
+            file = rx.recv()
         except EOFError:
             return
         if file is None:
             return
-        conn.send(decode_one(InputFile(*file), spec, options))
+        tx.send(decode_one(InputFile(*file), spec, options))
 
 
 _STARTUP_TIMEOUT_S = 120.0
+_PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])
 
 
 class ProcessDecoder:
-    """One child process decoding for one worker thread, killed and restarted on timeout."""
+    """One child process decoding for one worker thread, killed and restarted on timeout.
+
+    The child is a fresh interpreter started with ``subprocess`` (not fork: the parent
+    runs onnxruntime/torch threads, and forking a multi-threaded process can deadlock
+    the child; not multiprocessing's spawn either: that re-imports the caller's
+    ``__main__``, which breaks scripts without an ``if __name__ == "__main__"`` guard).
+    """
 
     batch_size = 1
 
     def __init__(self, spec: ModelSpec, opts: DecodeOptions, timeout_s: float):
         self.spec, self.opts, self.timeout_s = spec, opts, timeout_s
-        # spawn, not fork: the parent runs onnxruntime/torch threads, and forking a
-        # multi-threaded process can deadlock the child on a lock held at fork time.
-        self._ctx = mp.get_context("spawn")
-        self._proc = None
-        self._conn = None
+        self._proc: subprocess.Popen | None = None
+        self._tx = self._rx = None
         self.restarts = 0
 
     def _start(self) -> None:
-        parent, child = self._ctx.Pipe()
-        self._proc = self._ctx.Process(
-            target=_child_main, args=(child, self.spec.to_json(), dataclasses.asdict(self.opts)),
-            daemon=True, name="fracture-batch-decode",
-        )
-        self._proc.start()
-        child.close()
-        self._conn = parent
+        from multiprocessing.connection import Connection
+
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", "from fracture_batch.decode_stage import _child_entry; _child_entry()",
+                 str(to_child_r), str(from_child_w)],
+                pass_fds=(to_child_r, from_child_w), env=env, stdin=subprocess.DEVNULL,
+            )
+        finally:
+            os.close(to_child_r)
+            os.close(from_child_w)
+        self._tx = Connection(to_child_w, readable=False)
+        self._rx = Connection(from_child_r, writable=False)
+        self._tx.send((self.spec.to_json(), dataclasses.asdict(self.opts)))
         # Start-up (interpreter + numpy/PIL/pydicom imports) must not count against a file.
-        if not parent.poll(_STARTUP_TIMEOUT_S) or parent.recv() != "ready":
+        try:
+            ready = self._rx.poll(_STARTUP_TIMEOUT_S) and self._rx.recv() == "ready"
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
             self._kill()
             raise RuntimeError(f"the decoder process did not start within {_STARTUP_TIMEOUT_S:g}s")
 
@@ -149,13 +170,13 @@ class ProcessDecoder:
     def _decode(self, file: InputFile) -> DecodeResult:
         if file.error:
             return DecodeResult(file, None, file.error)
-        if self._proc is None or not self._proc.is_alive():
+        if self._proc is None or self._proc.poll() is not None:
             self._start()
         t0 = time.perf_counter()
         try:
-            self._conn.send(dataclasses.astuple(file))
-            if self._conn.poll(self.timeout_s):
-                return self._conn.recv()
+            self._tx.send(dataclasses.astuple(file))
+            if self._rx.poll(self.timeout_s):
+                return self._rx.recv()
             msg = (f"decoding took longer than --decode-timeout={self.timeout_s:g}s; "
                    "skipped (the file may be pathological, or raise the timeout)")
         except (EOFError, OSError, BrokenPipeError):
@@ -168,17 +189,18 @@ class ProcessDecoder:
     def _kill(self) -> None:
         if self._proc is not None:
             self._proc.kill()
-            self._proc.join(timeout=5)
-        if self._conn is not None:
-            self._conn.close()
-        self._proc = self._conn = None
+            self._proc.wait(timeout=10)
+        for conn in (self._tx, self._rx):
+            if conn is not None:
+                conn.close()
+        self._proc = self._tx = self._rx = None
 
     def close(self) -> None:
-        if self._conn is not None and self._proc is not None and self._proc.is_alive():
+        if self._proc is not None and self._proc.poll() is None:
             try:
-                self._conn.send(None)
-                self._proc.join(timeout=2)
-            except OSError:
+                self._tx.send(None)
+                self._proc.wait(timeout=2)
+            except (OSError, subprocess.TimeoutExpired):
                 pass
         self._kill()
 

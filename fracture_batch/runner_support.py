@@ -68,7 +68,9 @@ def create_decoder_factory(cfg, predictor, threads: Threads) -> tuple[str, Calla
     """(name, factory) of the decoder each worker thread creates for itself."""
     from fracture_batch.decoders import DecoderKind, resolve_decoder
 
-    kind = resolve_decoder(cfg.decoder, device=predictor.resolution.device.value)
+    # "python" needs no DALI probe (importing DALI costs ~0.6 s and memory).
+    kind = DecoderKind.PYTHON if cfg.decoder == "python" else resolve_decoder(
+        cfg.decoder, device=predictor.resolution.device.value)
     spec, opts = predictor.spec, predictor.decode_options
     if kind is DecoderKind.DALI:
         from fracture_batch.decode_stage import DaliDecoder

@@ -194,3 +194,43 @@ def test_thread_split_never_oversubscribes():
         assert t.decode_workers >= 1 and t.intra_op >= 1
         assert t.decode_workers + t.intra_op == max(2, cores)
     assert resolve_threads(decode_workers=3, cores=8) == runner.resolve_threads(3, 5, cores=8)
+
+
+def test_stage_memory_is_flat_in_the_number_of_files():
+    """Peak traced allocations for 10x more files stay the same: bounded queues, no per-file state.
+
+    Fake decoder/predict/write (no I/O) so the pipeline itself is what is measured;
+    tests/memory_flatness.py measures the real CLI (see the report for numbers).
+    """
+    import tracemalloc
+
+    import numpy as np
+
+    from fracture_batch.decode_stage import DecodeResult
+    from fracture_batch.runner_support import Stages
+
+    class FakeDecoder:
+        batch_size = 1
+
+        def decode(self, files):
+            return [DecodeResult(f, np.zeros((3, 8, 8), np.float32)) for f in files]
+
+        def close(self):
+            pass
+
+    def peak(n: int) -> int:
+        files = (InputFile(f"/data/{i:08d}.png", f"{i:08d}.png", 100) for i in range(n))
+        predict = lambda rs: [{"path": r.file.path, "status": "ok"} for r in rs]  # noqa: E731
+        stages = Stages(files=files, already_done=sink.ResumeIndex(), decoder_factory=FakeDecoder, workers=1,
+                        batch_size=16, predict=predict, write=lambda rows: None, part_rows=500, part_seconds=60)
+        tracemalloc.start()
+        stages.run()
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert stages.rows_committed == n
+        return top
+
+    small, large = peak(2_000), peak(20_000)
+    # Per-file retention of even 100 bytes would add 1.8 MB at 20k files; allow 25% + 256 KiB of
+    # noise (thread start-up, queue internals) over the small run's peak.
+    assert large <= small * 1.25 + 256 * 1024, (small, large)
