@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fracture_batch import sink
-from fracture_batch.backends import BackendError, file_sha256
+from fracture_batch.backends import BackendError, BackendKind, DeviceKind, file_sha256
 from fracture_batch.decode_stage import DecodeOptions
 from fracture_batch.discover import DiscoveryStats, check_roots, is_within, iter_inputs, resolve_roots
 from fracture_batch.runner import ScoreConfig, ScoreSummary, _iso, _prepare_dataset, _versions
@@ -181,7 +181,7 @@ def _run_locked(ray, score_cfg: ScoreConfig, cfg: RayConfig, roots, out: Path, s
     workers = resolve_workers(cfg, ray.cluster_resources())
     model = str(Path(score_cfg.model).absolute())
     decode_options = decode_options_for(score_cfg)
-    kw = dict(model=model, backend=score_cfg.backend.value, device=score_cfg.device.value,
+    kw = dict(model=model, backend=BackendKind(score_cfg.backend).value, device=DeviceKind(score_cfg.device).value,
               options={"intra_op_threads": max(1, int(cfg.cpus_per_worker)), "amp": score_cfg.amp,
                        "engine_cache_dir": score_cfg.engine_cache_dir or str(out / "_engine_cache")},
               decode_options=decode_options)
