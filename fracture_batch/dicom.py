@@ -234,13 +234,71 @@ def stored_range(ds) -> tuple[float, float]:
 
 def to_unit_gray(arr: np.ndarray, ds) -> np.ndarray:
     """Stored values of one frame -> float32 (H, W) in [0, 1] per the pixel contract."""
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if arr.ndim == 3:  # colour: RGB after pydicom's YBR conversion; no LUTs apply
-        lo, hi = 0.0, float(2 ** int(ds.get("BitsStored") or 8) - 1)
+        hi = float(2 ** int(ds.get("BitsStored") or 8) - 1)
         gray = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-        return np.clip((gray - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+        return np.clip(gray / np.float32(hi), 0.0, 1.0).astype(np.float32)
+    seq = ds.get("VOILUTSequence")
+    has_voi_lut = bool(seq) and "LUTDescriptor" in seq[0] and "LUTData" in seq[0]
+    if has_voi_lut or ds.get("ModalityLUTSequence"):
+        out = unit_gray_pydicom(arr, ds)
+    else:
+        out = _rescale_window_unit(arr, ds)
+    if photometric == "MONOCHROME1":
+        out = 1.0 - out  # after VOI, so bone ends bright
+    return out.astype(np.float32, copy=False)
+
+
+def _first(ds, keyword: str) -> float:
+    elem = ds[keyword]
+    return float(elem.value[0] if elem.VM > 1 else elem.value)
+
+
+def _rescale_window_unit(arr: np.ndarray, ds) -> np.ndarray:
+    """Rescale + first window in closed form, float32, straight to [0, 1].
+
+    pydicom's LINEAR window maps x to ((x - c') / w' + 0.5) * (y_max - y_min) + y_min, with
+    y_min below and y_max above the window (c' = c - 0.5, w' = w - 1; LINEAR_EXACT: c, w);
+    dividing by its output range leaves clip((x - c') / w' + 0.5, 0, 1), and SIGMOID
+    1 / (1 + exp(-4 (x - c) / w)). Same numbers as ``unit_gray_pydicom`` (tested) at a
+    fraction of the cost: one float32 pass instead of float64 masks (~150 ms saved on
+    a 2000 x 2500 image).
+    """
+    values = arr.astype(np.float32)
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        values *= np.float32(float(ds.RescaleSlope))
+        values += np.float32(float(ds.RescaleIntercept))
+    if ds.get("WindowCenter") is None or ds.get("WindowWidth") is None:
+        lo, hi = stored_range(ds)
+        values -= np.float32(lo)
+        values *= np.float32(1.0 / max(hi - lo, 1e-6))
+        return np.clip(values, 0.0, 1.0, out=values)
+    center, width = _first(ds, "WindowCenter"), _first(ds, "WindowWidth")
+    func = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+    if func == "LINEAR":
+        if width < 1:
+            raise DecodeError(f"DICOM Window Width {width:g} < 1 is invalid for a LINEAR window")
+        center, width = center - 0.5, width - 1
+        if width == 0:  # width 1: a threshold at the centre
+            return (values > np.float32(center)).astype(np.float32)
+    elif func not in ("LINEAR_EXACT", "SIGMOID"):
+        raise DecodeError(f"unsupported DICOM VOI LUT Function {func!r}")
+    elif width <= 0:
+        raise DecodeError(f"DICOM Window Width {width:g} must be > 0 for a {func} window")
+    if func == "SIGMOID":
+        return (1.0 / (1.0 + np.exp(-4.0 * (values - np.float32(center)) / np.float32(width)))).astype(np.float32)
+    values -= np.float32(center)
+    values *= np.float32(1.0 / width)
+    values += np.float32(0.5)
+    return np.clip(values, 0.0, 1.0, out=values)
+
+
+def unit_gray_pydicom(arr: np.ndarray, ds) -> np.ndarray:
+    """The general path through pydicom's own LUT functions (VOI / Modality LUT tables),
+    normalised by the VOI stage's output range (see the module docstring)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
     values = apply_modality_lut(arr, ds)
     lo, hi = stored_range(ds)
     seq = ds.get("VOILUTSequence")
@@ -256,7 +314,4 @@ def to_unit_gray(arr: np.ndarray, ds) -> np.ndarray:
         if has_lut:
             lo, hi = 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
     out = (np.asarray(values, dtype=np.float32) - np.float32(lo)) / np.float32(max(hi - lo, 1e-6))
-    out = np.clip(out, 0.0, 1.0)
-    if photometric == "MONOCHROME1":
-        out = 1.0 - out  # after VOI, so bone ends bright
-    return out.astype(np.float32, copy=False)
+    return np.clip(out, 0.0, 1.0)

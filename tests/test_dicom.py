@@ -40,6 +40,41 @@ def test_12bit_rescale_and_window(tmp_path):
     assert d.pixels.min() == 0.0 and d.pixels.max() == 1.0  # the window clips both ends here
 
 
+@pytest.mark.parametrize(
+    "func, rescale, signed, window",
+    [
+        ("LINEAR", None, False, (2048, 4096)),
+        ("LINEAR", (2.0, -1000.0), False, (3000, 4000)),
+        ("LINEAR", (1.0, -1024.0), True, (40, 400)),
+        ("LINEAR", None, False, (1000, 1)),  # width 1: a threshold
+        ("LINEAR_EXACT", (0.5, 10.0), False, (700, 900)),
+        ("SIGMOID", None, False, (2000, 1500)),
+        (None, (2.0, -1000.0), False, None),  # no window: stored-bits range after rescale
+        (None, None, True, None),
+    ],
+)
+def test_closed_form_matches_pydicom_luts(func, rescale, signed, window):
+    """The float32 closed form equals pydicom's apply_voi_lut normalised by its output
+    range (which checks that range too): 2e-6 is float32 rounding on [0, 1]."""
+    from pydicom.dataset import Dataset
+
+    from fracture_batch.dicom import _rescale_window_unit, unit_gray_pydicom
+
+    arr = ramp12().astype(np.int16) - (2048 if signed else 0)
+    ds = Dataset()
+    ds.PhotometricInterpretation, ds.BitsStored = "MONOCHROME2", 12
+    ds.PixelRepresentation = 1 if signed else 0
+    if rescale:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
+    if window:
+        ds.WindowCenter, ds.WindowWidth = window
+    if func:
+        ds.VOILUTFunction = func
+    fast, ref = _rescale_window_unit(arr, ds), unit_gray_pydicom(arr, ds)
+    np.testing.assert_allclose(fast, ref, atol=2e-6)
+    assert fast.dtype == np.float32 and 0.0 <= fast.min() and fast.max() <= 1.0
+
+
 def test_first_of_several_windows(tmp_path):
     arr = ramp12()
     d = decode_file(make_dicom(tmp_path / "w2.dcm", arr, bits_stored=12, window=([1000, 3000], [500, 4000])))
