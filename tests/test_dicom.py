@@ -53,23 +53,17 @@ def test_12bit_rescale_and_window(tmp_path):
         (None, None, True, None),
     ],
 )
-def test_closed_form_matches_pydicom_luts(func, rescale, signed, window):
+def test_closed_form_matches_pydicom_luts(tmp_path, func, rescale, signed, window):
     """The float32 closed form equals pydicom's apply_voi_lut normalised by its output
     range (which checks that range too): 2e-6 is float32 rounding on [0, 1]."""
-    from pydicom.dataset import Dataset
+    import pydicom
 
     from fracture_batch.dicom import _rescale_window_unit, unit_gray_pydicom
 
-    arr = ramp12().astype(np.int16) - (2048 if signed else 0)
-    ds = Dataset()
-    ds.PhotometricInterpretation, ds.BitsStored = "MONOCHROME2", 12
-    ds.PixelRepresentation = 1 if signed else 0
-    if rescale:
-        ds.RescaleSlope, ds.RescaleIntercept = rescale
-    if window:
-        ds.WindowCenter, ds.WindowWidth = window
-    if func:
-        ds.VOILUTFunction = func
+    arr = (ramp12().astype(np.int16) - 2048) if signed else ramp12()
+    extra = {"VOILUTFunction": func} if func else None
+    ds = pydicom.dcmread(make_dicom(tmp_path / "w.dcm", arr, bits_stored=12, signed=signed, rescale=rescale,
+                                    window=window, extra=extra))
     fast, ref = _rescale_window_unit(arr, ds), unit_gray_pydicom(arr, ds)
     np.testing.assert_allclose(fast, ref, atol=2e-6)
     assert fast.dtype == np.float32 and 0.0 <= fast.min() and fast.max() <= 1.0
