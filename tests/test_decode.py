@@ -47,6 +47,15 @@ def test_16bit_rgb_tiff_keeps_depth(tmp_path):
     np.testing.assert_allclose(d.pixels, want, atol=1e-5)  # float32 dot-product rounding
 
 
+def test_16bit_rgb_tiff_orientation(tmp_path):
+    import tifffile
+
+    rgb = np.stack([ramp(hi=65535, dtype=np.uint16)] * 3, axis=-1)  # 40 x 56
+    tifffile.imwrite(tmp_path / "o.tif", rgb, photometric="rgb", extratags=[(274, "H", 1, 6, True)])
+    d = decode_file(tmp_path / "o.tif")
+    np.testing.assert_allclose(d.pixels, np.rot90(rgb[..., 0], -1) / 65535.0, atol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "CMYK", "LA"])
 def test_colour_becomes_luminance(tmp_path, mode):
     gray = Image.fromarray(ramp())
