@@ -59,8 +59,8 @@ def _versions() -> dict[str, str]:
 
     import fracture_batch
 
-    return {"torch": torch.__version__, "torchvision": torchvision.__version__,
-            "fracture_batch": fracture_batch.__version__}
+    return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+            "fracture_batch": str(fracture_batch.__version__)}
 
 
 def prepare_data(config: TrainConfig, spec: ModelSpec, bad: dict[str, str]) -> _Data:
