@@ -139,3 +139,53 @@ def test_torch_cuda_fp16(models, batch):
     ref = create_backend(ckpt, resolve_backend(ckpt, device="cpu")).predict(batch)
     # fp16 (10 mantissa bits) over 18 layers: 0.05 on logits of size ~1.
     np.testing.assert_allclose(b.predict(batch), ref, atol=0.05)
+
+
+def test_tensorrt_adapter_contract_with_a_stand_in_engine(monkeypatch):
+    """The adapter's own logic (no GPU here): load via export's load_engine, host logits out,
+    any engine load failure (wrong GPU/TensorRT, bad sidecar) becomes a fatal BackendError."""
+    import sys
+    import types
+
+    from fracture_batch.backends import tensorrt_backend
+
+    spec = modelgen.tiny_spec()
+
+    class StandIn:
+        max_batch, description = 4, "stand-in engine"
+
+        def __init__(self, path, device_id=0):
+            if "wrong_gpu" in str(path):
+                raise RuntimeError("engine built for another GPU; rebuild it")
+            self.spec = spec
+
+        def run(self, x):
+            return np.ones((len(x), 2), np.float64)
+
+    fake = types.ModuleType("fracture_batch.backends.tensorrt_engine")
+    fake.load_engine = StandIn
+    monkeypatch.setitem(sys.modules, "fracture_batch.backends.tensorrt_engine", fake)
+    monkeypatch.setattr(tensorrt_backend, "has_tensorrt", lambda: (True, "tensorrt (stand-in)"))
+    b = tensorrt_backend.TensorRTBackend("m.plan", DeviceKind.CUDA, BackendOptions())
+    out = b.predict(np.zeros((3, 3, spec.input_size, spec.input_size), np.float32))
+    assert out.dtype == np.float32 and out.shape == (3, 2) and b.max_batch == 4
+    with pytest.raises(BackendError, match="cannot load TensorRT engine .*another GPU"):
+        tensorrt_backend.TensorRTBackend("wrong_gpu.plan", DeviceKind.CUDA, BackendOptions())
+    with pytest.raises(BackendError, match="CUDA GPU only"):
+        tensorrt_backend.TensorRTBackend("m.plan", DeviceKind.CPU, BackendOptions())
+
+
+@pytest.mark.gpu
+def test_tensorrt_backend_matches_onnxruntime_and_scores(models, batch, tmp_path):
+    pytest.importorskip("tensorrt", reason="tensorrt not installed: pip install 'fracture-batch[gpu]'")
+    from export.tensorrt_build import BuildSettings, build_engine
+
+    _, onnx_path = models
+    ref = create_backend(onnx_path, resolve_backend(onnx_path, device="cpu"))
+    plan = tmp_path / "model.plan"
+    build_engine(onnx_path, plan, ref.spec, "fp32", BuildSettings(max_batch=4))
+    r = resolve_backend(plan)
+    assert r.backend is BackendKind.TENSORRT and r.device is DeviceKind.CUDA
+    trt_b = create_backend(plan, r)
+    # fp32 engine (TF32 may be on for convolutions: ~1e-3 relative): 1e-2 on logits of size ~1.
+    np.testing.assert_allclose(trt_b.predict(batch), ref.predict(batch), atol=1e-2)

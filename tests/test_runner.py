@@ -143,6 +143,15 @@ def test_disk_full_stops_keeps_parts_and_resume_completes(models, tmp_path, monk
     assert s.already_done == 10 and len(paths) == len(set(paths)) == 23
 
 
+def test_output_inside_an_input_root_is_not_scored(models, tmp_path):
+    _, onnx_path = models
+    modelgen.write_images(tmp_path / "in", 3)
+    cfg = _cfg([tmp_path / "in"], onnx_path, tmp_path / "in" / "results")
+    score(cfg)
+    s = score(cfg)  # a second run must not pick up the first run's parts as inputs
+    assert (s.files_seen, s.already_done, s.scored) == (3, 3, 0)
+
+
 def test_process_isolated_decoding_scores_the_same(models, tmp_path):
     _, onnx_path = models
     modelgen.write_images(tmp_path / "in", 6, formats=("png", "jpeg"))

@@ -56,6 +56,30 @@ def test_second_run_on_same_out_refuses_with_lock_message(models, tmp_path):
     assert not sink.committed_parts(tmp_path / "out")
 
 
+def test_lock_excludes_a_second_process(models, tmp_path):
+    """The lock is an OS-level flock: a run in another process is refused too."""
+    import subprocess
+    import sys
+
+    _, onnx_path = models
+    modelgen.write_images(tmp_path / "in", 1)
+    (tmp_path / "out").mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from fracture_batch import sink; "
+         "lock = sink.acquire_lock(Path(sys.argv[1])); print('held', flush=True); time.sleep(60)",
+         str(tmp_path / "out")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = _score(tmp_path / "in", "--model", onnx_path, "--out", tmp_path / "out")
+        assert r.exit_code == 1 and "another fracture-batch run is writing to" in r.output
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder died without releasing: the kernel dropped its lock, so a new run proceeds.
+    r = _score(tmp_path / "in", "--model", onnx_path, "--out", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+
+
 @pytest.mark.parametrize("problem", ["missing_model", "garbage_model", "missing_out_parent", "readonly_out"])
 def test_fatal_problems_exit_nonzero_with_a_message(models, tmp_path, problem):
     _, onnx_path = models

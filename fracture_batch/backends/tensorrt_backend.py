@@ -42,9 +42,7 @@ class TensorRTBackend:
         except ImportError as exc:
             raise BackendError(f"TensorRT engine runner unavailable: {exc}") from None
         try:
-            self.engine = _load_engine(tensorrt_engine, Path(model_path), options.device_id)
-        except BackendError:
-            raise
+            self.engine = tensorrt_engine.load_engine(Path(model_path), device_id=options.device_id)
         except Exception as exc:  # wrong GPU / TensorRT version, corrupt plan, missing sidecar
             raise BackendError(f"cannot load TensorRT engine {model_path}: {exc}") from None
         self.spec = self.engine.spec
@@ -66,14 +64,3 @@ class TensorRTBackend:
             close()
         self.engine = None
 
-
-def _load_engine(module, path: Path, device_id: int):
-    """Adapter over export's API: a loader function or an engine class, whichever it provides."""
-    for name in ("load_engine", "TensorRTEngine", "TrtEngine", "EngineRunner"):
-        factory = getattr(module, name, None)
-        if factory is not None:
-            try:
-                return factory(path, device_id=device_id)
-            except TypeError:
-                return factory(path)
-    raise BackendError("fracture_batch.backends.tensorrt_engine exposes no engine loader")
