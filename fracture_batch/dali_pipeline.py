@@ -237,8 +237,17 @@ class DaliPreprocessor:
                         errors[i], infos[i] = str(err), None
         for start in range(0, len(raw), self.batch_size):
             chunk = raw[start : start + self.batch_size]
-            out = self._run("raw", [p for _, p in chunk], [(infos[i].width, infos[i].height) for i, _ in chunk])
-            results.append(([i for i, _ in chunk], out))
+            try:
+                out = self._run("raw", [p for _, p in chunk], [(infos[i].width, infos[i].height) for i, _ in chunk])
+                results.append(([i for i, _ in chunk], out))
+            except Exception:  # not expected (pixels are plain arrays); isolate it anyway
+                self._drop("raw")
+                for i, p in chunk:
+                    try:
+                        results.append(([i], self._run("raw", [p], [(infos[i].width, infos[i].height)])))
+                    except Exception as exc:
+                        self._drop("raw")
+                        errors[i], infos[i] = f"resize/normalise failed: {str(exc).splitlines()[0]}", None
         tensors = self._assemble(n, results)
         counts = {"dali_decoded": len(encoded) - fallbacks, "python_decoded": len(raw), "errors": sum(e is not None for e in errors)}
         return PreprocessedBatch(tensors, errors, infos, time.perf_counter() - t0, fallbacks, counts)

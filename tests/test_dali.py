@@ -151,3 +151,24 @@ def test_jpeg_draft_python_path_close_to_dali(tmp_path):
     # Measured on noisy film-like JPEGs: max 0.04-0.08, mean 0.010-0.012 (48 and 224 px,
     # 520x480 and 2500x2000); bounds give ~2x margin. Nonzero shows draft engaged.
     assert 1e-3 < diff.max() <= 0.15 and diff.mean() <= 0.025
+
+
+def test_raw_batch_failure_is_isolated_per_file(tmp_path, monkeypatch):
+    """If DALI rejects a batch of already-decoded pixels, each file is retried alone."""
+    from fracture_batch.dali_pipeline import DaliPreprocessor
+
+    spec = ModelSpec(input_size=SIZE)
+    paths = [make_dicom(tmp_path / f"{k}.dcm", ramp(hi=4095, dtype=np.uint16) // (k + 1), bits_stored=12) for k in range(3)]
+    pre = DaliPreprocessor(spec, batch_size=4)
+    real = DaliPreprocessor._run
+
+    def flaky(self, kind, data, geometry):
+        if len(data) > 1 or float(data[0].max()) < 0.4:  # whole batches, and file 2 alone
+            raise RuntimeError("simulated DALI failure")
+        return real(self, kind, data, geometry)
+
+    monkeypatch.setattr(DaliPreprocessor, "_run", flaky)
+    batch = pre.run([(p, None) for p in paths])
+    assert batch.errors[0] is None and batch.errors[1] is None
+    assert "simulated DALI failure" in batch.errors[2]
+    assert np.abs(batch.tensors[0]).sum() > 0 and not np.abs(batch.tensors[2]).any()
