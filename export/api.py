@@ -59,16 +59,13 @@ def _write_variant(variant: Variant, model, spec: ModelSpec, config: ExportConfi
 
 def _measure(variant: Variant, path: Path, model, spec: ModelSpec, inputs, reference, labels, config) -> tuple[P.Parity, dict]:
     """-> (the parity the bar applies to, every measurement by method)."""
-    checks = {
-        "onnxruntime_cpu": P.compare(
-            spec, reference, P.onnx_logits(path, inputs, config.batch_size), labels, "onnxruntime CPU EP"
-        )
-    }
+    how = "onnxruntime CPU EP"
     if variant is Variant.FP16:
-        # onnxruntime's CPU EP has no fp16 Conv kernels on x86: it inserts casts and computes
-        # in fp32 with the fp16-rounded weights. The fp16 *arithmetic* is checked separately
-        # by running the same half-precision module in torch on the CPU; the bar applies to
-        # the worse of the two.
+        how += " (no x86 fp16 Conv kernels: it inserts casts, so fp16 weights with fp32 arithmetic)"
+    checks = {"onnxruntime_cpu": P.compare(spec, reference, P.onnx_logits(path, inputs, config.batch_size), labels, how)}
+    if variant is Variant.FP16:
+        # The fp16 *arithmetic* is checked by running the same half-precision module in
+        # torch on the CPU; the bar applies to the worse of the two measurements.
         half_logits = P.torch_logits(create_fp16_module(model), inputs, config.batch_size)
         checks["torch_cpu_fp16"] = P.compare(spec, reference, half_logits, labels, "torch CPU, fp16 compute")
     primary = checks["onnxruntime_cpu"]
