@@ -10,8 +10,9 @@ The contract (ARCHITECTURE.md "Pixels") is what callers rely on:
   alpha is ignored. EXIF orientation is honoured.
 - multi-page TIFF: page 0; more than ``MAX_TIFF_PAGES`` pages is refused (counted by
   walking the IFD chain, bounded, before any pixel is read).
-- DICOM is recognised by content (``DICM`` at offset 128) or by a ``.dcm``/``.dicom``
-  suffix and handled by ``fracture_batch.dicom`` (columns documented there).
+- DICOM is recognised by content (``DICM`` at offset 128, or a bare dataset without
+  preamble, see ``is_dicom``) or by a ``.dcm``/``.dicom``/``.dic`` suffix and handled by
+  ``fracture_batch.dicom`` (pixel rules and output columns documented there).
 
 ``max_pixels`` (``--max-pixels``, default ``DEFAULT_MAX_PIXELS``) is checked from the
 header before pixel data is decoded, for every format, so a PNG claiming 50,000 x 50,000
