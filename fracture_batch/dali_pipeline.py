@@ -46,7 +46,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fracture_batch.decode import DEFAULT_MAX_PIXELS, DICOM_SUFFIXES, Decoded, DecodeError, decode_file, probe_image
+from fracture_batch.decode import (
+    DEFAULT_MAX_PIXELS, DICOM_SUFFIXES, Decoded, DecodeError, decode_file, looks_like_dicom, probe_image,
+)
 from fracture_batch import preprocess
 from fracture_batch.decoders import IdentifierMode, has_dali
 from fracture_batch.spec import ModelSpec, ResizeMode
@@ -258,7 +260,7 @@ class DaliPreprocessor:
                 data = path.read_bytes()
             except OSError as exc:
                 raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
-        if data[128:132] == b"DICM" or path.suffix.lower() in DICOM_SUFFIXES:
+        if looks_like_dicom(data[:132]) or path.suffix.lower() in DICOM_SUFFIXES:
             holder: list[Decoded | None] = [None]
             pixels = self._python_pixels(path, 0, holder)
             return "raw", pixels, holder[0]

@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 # one such image is 400 MB as float32, so a few in flight stay within memory.
 DEFAULT_MAX_PIXELS = 100_000_000
 MAX_TIFF_PAGES = 256  # radiographs have a handful; thousands means not a radiograph
-RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
 
 
@@ -105,7 +104,12 @@ def is_dicom(path: str | Path) -> bool:
             head = f.read(132)
     except OSError:
         return False
-    if len(head) == 132 and head[128:132] == b"DICM":
+    return looks_like_dicom(head)
+
+
+def looks_like_dicom(head: bytes) -> bool:
+    """``is_dicom`` on the first 132 (or more) bytes of a file."""
+    if len(head) >= 132 and head[128:132] == b"DICM":
         return True
     if len(head) < 8 or head[:2] not in (b"\x02\x00", b"\x08\x00"):
         return False
