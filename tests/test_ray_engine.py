@@ -17,9 +17,9 @@ import pytest
 from fracture_batch import sink
 from fracture_batch.backends import BackendError
 from fracture_batch.rows import COLUMNS, RowContext, error_row, ok_row, rows_to_table, schema
-from fracture_batch.runner import ScoreConfig, score
+from fracture_batch.runner import ScoreAborted, ScoreConfig, score
 from fracture_batch.runner_support import DecodeIsolation
-from fracture_batch.scaleout import staging
+from fracture_batch.scaleout import ray_engine, staging
 from fracture_batch.scaleout.ray_engine import (
     INSTALL_HINT,
     RayConfig,
@@ -111,17 +111,34 @@ def test_ray_and_local_engines_write_the_same_rows(ray_local, models, tmp_path):
 
 
 @needs_ray
-def test_resume_across_engines_scores_only_new_inputs(ray_local, models, tmp_path):
+def test_resume_across_engines_and_after_a_killed_ray_run(ray_local, models, tmp_path, monkeypatch):
     _, onnx_path = models
     modelgen.write_images(tmp_path / "in", 5)
     score(_cfg([tmp_path / "in"], onnx_path, tmp_path / "out"))  # the local runner starts the dataset
-    modelgen.write_images(tmp_path / "in", 3, start=5)
-    cfg = _cfg([tmp_path / "in"], onnx_path, tmp_path / "out")
-    s = run_ray(cfg, RAY)
-    assert (s.already_done, s.scored, s.dataset_rows) == (5, 3, 8)
-    assert len(_rows(tmp_path / "out")) == 8
+    modelgen.write_images(tmp_path / "in", 6, start=5)
+    cfg = _cfg([tmp_path / "in"], onnx_path, tmp_path / "out", part_rows=2)
+
+    real = ray_engine._pipeline
+
+    def killed_after_staging(*args, **kw):
+        real(*args, **kw)  # the workers staged every row ...
+        staged = staging.staged_files(args[-1])
+        assert len(staged) >= 3
+        cut = staged[0].read_bytes()
+        staged[0].write_bytes(cut[: len(cut) // 2])  # ... one file was cut short by the kill
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ray_engine, "_pipeline", killed_after_staging)
+    with pytest.raises(ScoreAborted, match="re-run the same command to resume"):
+        run_ray(cfg, RAY)
+    assert len(_rows(tmp_path / "out")) == 5 and sink.read_success(tmp_path / "out") is None
+    monkeypatch.setattr(ray_engine, "_pipeline", real)
+
+    s = run_ray(cfg, RAY)  # recovers the complete staged files, scores the rest
+    assert s.already_done >= 5 + 4 and s.already_done + s.scored == s.dataset_rows == 11
+    assert len(_rows(tmp_path / "out")) == 11 and not staging.stale_staging(tmp_path / "out")
     again = run_ray(cfg, RAY)  # nothing left: no pipeline, a fresh _SUCCESS
-    assert (again.already_done, again.scored) == (8, 0) and sink.read_success(tmp_path / "out")["scored"] == 0
+    assert (again.already_done, again.scored) == (11, 0) and sink.read_success(tmp_path / "out")["scored"] == 0
     with pytest.raises(sink.SinkError, match="--resume .* or --overwrite"):
         run_ray(dataclasses.replace(cfg, resume=False), RAY)
 

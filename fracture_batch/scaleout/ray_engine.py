@@ -27,7 +27,7 @@ from fracture_batch import sink
 from fracture_batch.backends import BackendError, BackendKind, DeviceKind, file_sha256
 from fracture_batch.decode_stage import DecodeOptions
 from fracture_batch.discover import DiscoveryStats, check_roots, is_within, iter_inputs, resolve_roots
-from fracture_batch.runner import ScoreConfig, ScoreSummary, _iso, _prepare_dataset, _versions
+from fracture_batch.runner import ScoreAborted, ScoreConfig, ScoreSummary, _iso, _prepare_dataset, _versions
 from fracture_batch.runner_support import iter_chunks, run_info
 from fracture_batch.scaleout import staging
 from fracture_batch.scaleout.ray_stages import PredictStage, decode_batch, probe, work_table
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = "--engine ray needs Ray Data: pip install 'fracture-batch[ray]'"
 DECODER_NAME = "python (Ray tasks)"
+RESUME_HINT = ("{what}; committed parts are intact and rows already staged are recovered: "
+               "re-run the same command to resume")
 
 
 class RayNotInstalledError(RuntimeError):
@@ -208,7 +210,13 @@ def _run_locked(ray, score_cfg: ScoreConfig, cfg: RayConfig, roots, out: Path, s
     if todo:
         spec = ModelSpec.from_json(facts["spec_json"])
         directory = staging.staging_dir(out, run_id)
-        _pipeline(ray, blocks, score_cfg, cfg, workers, spec, kw, run_info(score_cfg, summary), directory)
+        try:
+            _pipeline(ray, blocks, score_cfg, cfg, workers, spec, kw, run_info(score_cfg, summary), directory)
+        except KeyboardInterrupt:
+            raise ScoreAborted(RESUME_HINT.format(what="interrupted")) from None
+        except ray.exceptions.RayError as exc:  # infrastructure: bad inputs are rows, never raise here
+            raise ScoreAborted(RESUME_HINT.format(what=f"the Ray pipeline failed ({exc.__class__.__name__}: "
+                                                       f"{str(exc).strip().splitlines()[-1][:300]})")) from None
         parts, rows = staging.commit_staged(out, directory, run_id)
         if rows != todo:
             raise sink.SinkError(
