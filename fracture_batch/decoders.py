@@ -26,10 +26,12 @@ class DecoderKind(str, enum.Enum):
 class IdentifierMode(str, enum.Enum):
     """How DICOM UIDs (study / series / SOP instance) are written to outputs.
 
-    ``hash`` (default): SHA-256 of (salt + UID), first 16 hex characters. Joins across
-    runs and files still work (the same UID always gives the same token, with the same
-    salt), but the raw UIDs, which can be traced back to a patient's study at the
-    originating site, do not leave the site unless the user asks for ``keep``.
+    ``hash`` (default): SHA-256 of (salt, NUL, UID), first 32 hex characters (128 bits:
+    no collisions at archive scale). Joins across runs and files still work (the same UID
+    always gives the same token with the same salt), but the raw UIDs, which lead back to
+    a patient's study at the originating site, do not leave it unless the user asks for
+    ``keep``. Without a salt anyone holding the original UIDs can recompute the tokens;
+    a site-secret salt (``--uid-salt``) prevents that.
     ``keep``: written as given. ``drop``: not written at all (columns are null).
     Patient name, ID and birth date are never written, whatever the mode.
     """
