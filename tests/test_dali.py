@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from fracture_batch.decode import decode_for_model
-from fracture_batch.decoders import DecoderKind, has_dali, resolve_decoder
+from fracture_batch.decoders import has_dali
 from fracture_batch.spec import ModelSpec, ResizeMode
 from tests.imagegen import make_dicom, png_header_only, ramp, smooth_noise
 
@@ -109,13 +109,6 @@ def test_dali_dicom_meta_and_max_pixels(tmp_path):
     batch = DaliPreprocessor(spec, batch_size=2).run([(dcm, None)])
     assert batch.errors == [None] and batch.infos[0].format == "dicom"
     assert batch.infos[0].meta["dicom_bits_stored"] == 12 and "PatientName" not in batch.infos[0].meta
-
-
-def test_resolve_decoder():
-    assert resolve_decoder("python") is DecoderKind.PYTHON
-    assert resolve_decoder("dali") is DecoderKind.DALI
-    assert resolve_decoder("auto", device="cuda") is DecoderKind.DALI
-    assert resolve_decoder("auto", device="cpu") is DecoderKind.PYTHON
 
 
 @pytest.mark.gpu

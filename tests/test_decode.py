@@ -161,3 +161,19 @@ def test_jpeg_draft_close_to_full_decode(tmp_path):
     # DCT-domain 1/4 scaling vs full decode + antialiased resize: both low-pass the
     # same data; the residual is a few grey levels (0.02 * 0.229 * 255 ~ 1.2 levels mean).
     assert np.abs(fast - full).mean() < 0.02
+
+
+@pytest.mark.parametrize("available", [True, False])
+def test_resolve_decoder(monkeypatch, available):
+    from fracture_batch import decoders
+    from fracture_batch.decoders import DecoderKind, resolve_decoder
+
+    monkeypatch.setattr(decoders, "has_dali", lambda: (available, "DALI missing (test)"))
+    assert resolve_decoder("python") is DecoderKind.PYTHON
+    assert resolve_decoder("auto", device="cpu") is DecoderKind.PYTHON  # measured: Python is faster on CPU
+    assert resolve_decoder("auto", device="cuda") is (DecoderKind.DALI if available else DecoderKind.PYTHON)
+    if available:
+        assert resolve_decoder("dali") is DecoderKind.DALI
+    else:
+        with pytest.raises(RuntimeError, match="DALI missing"):
+            resolve_decoder("dali")  # an explicit choice never silently falls back
