@@ -1,0 +1,113 @@
+"""``fracture-batch demo``: the whole job on a CPU in one command (what ``make demo`` runs).
+
+synth -> train -> export -> score -> bench, each stage through the same command a user
+would type, with the embedded demo defaults, then one recap of the results.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+# Images over all splits: enough for the demo recipe to pass 0.90 test accuracy from random
+# initialisation within its time budget (measured; see README "The demo").
+DEMO_N_IMAGES = 1600
+
+
+def _stage(title: str) -> float:
+    click.echo("")
+    click.secho(f"== {title} ".ljust(78, "="), bold=True)
+    return time.perf_counter()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_out"),
+              show_default=True,
+              help="Everything the demo writes: data/, run/, export/, scores/, bench/. A rerun reuses the "
+                   "data set and replaces the rest.")
+@click.option("--n", "n_images", type=click.IntRange(24), default=None,
+              help="Synthetic images in all splits (default: the demo recipe's size).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for data and training.")
+@click.option("--pretrained", default="auto", show_default=True,
+              help="Initial weights: auto (torch hub cache when present, else random init), none, imagenet "
+                   "or a path to a compatible state dict.")
+@click.option("--bench/--no-bench", "with_bench", default=True, show_default=True,
+              help="Finish with `fracture-batch bench --quick` on the exported model.")
+@click.pass_context
+def demo(ctx: click.Context, workdir: Path, n_images: int | None, seed: int, pretrained: str,
+         with_bench: bool) -> None:
+    """Run synth -> train -> export -> score -> bench on the demo defaults and print the results.
+
+    Takes about 10-15 minutes on a 2-core CPU. No pretrained weights are reachable offline, so
+    training starts from random initialisation unless --pretrained (or the torch hub cache)
+    provides weights; the train stage says which.
+    """
+    from fracture_batch.cli.bench_cmd import bench
+    from fracture_batch.cli.export_cmd import export
+    from fracture_batch.cli.score_cmd import score
+    from fracture_batch.cli.synth_cmd import synth
+    from fracture_batch.cli.train_cmd import _echo_summary
+    from train.config import demo_train_config
+    from train.fit import fit
+
+    workdir = workdir.absolute()
+    data, run, exp, scores = (workdir / d for d in ("data", "run", "export", "scores"))
+    timings: dict[str, float] = {}
+
+    t = _stage("1/5 synth: radiograph-like images, ImageFolder layout")
+    if (data / "train").is_dir():
+        click.echo(f"reusing the data set in {data}")
+    else:
+        ctx.invoke(synth, out_dir=data, n=n_images or DEMO_N_IMAGES, seed=seed)
+    timings["synth"] = time.perf_counter() - t
+
+    t = _stage("2/5 train: ResNet50, frozen head then unfrozen fine-tuning")
+    result = fit(demo_train_config(data, run, seed=seed, pretrained=pretrained))
+    _echo_summary(result)
+    timings["train"] = time.perf_counter() - t
+
+    t = _stage("3/5 export: ONNX fp32, fp16, int8 with parity against torch")
+    ctx.invoke(export, checkpoint=Path(result.model_path), out_dir=exp, precisions="fp32,fp16,int8",
+               data_dir=data)
+    timings["export"] = time.perf_counter() - t
+
+    t = _stage("4/5 score: the test split through the int8 model into Parquet")
+    ctx.invoke(score, inputs=(str(data / "test"),), model=str(exp / "model.int8.onnx"), out=str(scores),
+               overwrite=True)
+    timings["score"] = time.perf_counter() - t
+
+    if with_bench:
+        t = _stage("5/5 bench --quick: model only, decode, end to end vs the naive scorer")
+        ctx.invoke(bench, model=exp, quick=True, out=workdir / "bench", workdir=workdir / "bench_cache")
+        timings["bench"] = time.perf_counter() - t
+
+    _recap(workdir, run, exp, scores, timings)
+
+
+def _recap(workdir: Path, run: Path, exp: Path, scores: Path, timings: dict[str, float]) -> None:
+    from train.report import phase_table
+
+    _stage("results")
+    metrics = json.loads((run / "metrics.json").read_text())
+    click.echo(phase_table(metrics))
+    report = exp / "export_report.json"
+    if report.is_file():
+        click.echo("")
+        click.echo("export parity against torch fp32 (held-out images):")
+        for v in json.loads(report.read_text()).get("variants", []):
+            p = v.get("parity", {})
+            click.echo(f"  {v.get('variant', '?'):<14} max|dp| {p.get('max_abs_diff', float('nan')):.2e}  "
+                       f"agreement {p.get('agreement', float('nan')):.3f}  "
+                       f"passed {v.get('passed')}")
+    success = scores / "_SUCCESS"
+    if success.is_file():
+        s = json.loads(success.read_text())
+        click.echo("")
+        click.echo(f"scored {s.get('files_seen')} files: {s.get('ok')} ok, {s.get('errors')} errors, "
+                   f"{s.get('images_per_s', 0):.1f} images/s -> {scores}")
+    click.echo("")
+    click.echo("stage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items())
+               + f"; total {sum(timings.values()) / 60:.1f} min")
+    click.echo(f"everything is under {workdir}")
