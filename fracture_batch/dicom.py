@@ -202,8 +202,7 @@ def _frame0(ds, path: Path, forced: bool) -> np.ndarray:
         if _frames(ds) > 1 and not forced:
             # From the path, so only frame 0's bytes are read for uncompressed data.
             return pixel_array(str(path), index=0)
-        arr = ds.pixel_array
-        return arr[0] if _frames(ds) > 1 else arr
+        return pixel_array(ds, index=0)  # frame 0 only is decoded
     except MemoryError:
         raise DecodeError("out of memory decoding DICOM pixel data") from None
     except Exception as exc:  # missing plugin, corrupt codestream, inconsistent header

@@ -110,9 +110,10 @@ def test_no_preamble_found_by_content(tmp_path, name):
     np.testing.assert_allclose(decode_file(path).pixels, ramp12() / 4095.0, atol=EXACT)
 
 
-def test_multiframe_gives_frame0(tmp_path):
+@pytest.mark.parametrize("preamble", [True, False])
+def test_multiframe_gives_frame0(tmp_path, preamble):
     frames = np.stack([ramp12(), 4095 - ramp12(), ramp12() // 2]).astype(np.uint16)
-    d = decode_file(make_dicom(tmp_path / "mf.dcm", frames, bits_stored=12))
+    d = decode_file(make_dicom(tmp_path / "mf.dcm", frames, bits_stored=12, preamble=preamble))
     np.testing.assert_allclose(d.pixels, frames[0] / 4095.0, atol=EXACT)
     assert d.meta["dicom_number_of_frames"] == 3
 
@@ -279,3 +280,9 @@ def test_header_columns_and_phi_never_in_meta(tmp_path):
             assert sop is None and "dicom_study_instance_uid" not in meta
     salted = decode_file(path, uid_salt="site-secret").meta["dicom_sop_instance_uid"]
     assert salted != hash_identifier(ds.SOPInstanceUID) and salted == hash_identifier(ds.SOPInstanceUID, "site-secret")
+
+
+def test_compressed_multiframe_gives_frame0(tmp_path):
+    frames = np.stack([ramp12(), 4095 - ramp12()]).astype(np.uint16)
+    d = decode_file(make_dicom(tmp_path / "mf.dcm", frames, bits_stored=12, compress=uid.JPEG2000Lossless))
+    np.testing.assert_allclose(d.pixels, frames[0] / 4095.0, atol=EXACT)
