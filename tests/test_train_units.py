@@ -212,3 +212,13 @@ def test_early_stopping_restores_best_weights():
     es.restore_best(model)
     assert torch.equal(model.weight, best) and es.best_epoch == 0
     assert EarlyStopping.from_state_dict(es.state_dict()).bad_epochs == 2
+
+
+# ---- benchmark script ------------------------------------------------------------------
+def test_bench_train_measures_one_precision_and_renders_table():
+    from benchmarks.bench_train import markdown, one
+
+    row = one("resnet18", 32, 4, "bf16", warmup=0, repeats=1, max_seconds=10, threads=None)
+    assert row["autocast"] == "bfloat16" and row["images_per_s"] > 0 and row["repeats"] == 1
+    row.update(train_gflop_per_image=0.1, achieved_gflops=1.0, speedup_vs_fp32=1.0)
+    assert "| bf16 | resnet18 | 32 | 4 |" in markdown({"machine": {}, "rows": [row]})

@@ -92,7 +92,8 @@ def render_report(metrics: dict[str, Any], plots: dict[str, str]) -> str:
     for split, c in counts.items():
         out.append(f"| {split} | " + " | ".join(str(c[k]) for k in spec["class_names"]) + " |")
     out += ["", f"Imbalance handling: {metrics['imbalance']}"
-            + (f" (class weights {metrics['class_weights']})" if metrics["class_weights"] else ""),
+            + (" (class weights " + ", ".join(f"{w:.3f}" for w in metrics["class_weights"]) + ")"
+               if metrics["class_weights"] else ""),
             f"Data fingerprint: `{spec['data_fingerprint'][:16]}…`"]
     if metrics["skipped_files"]:
         out += ["", f"Skipped {len(metrics['skipped_files'])} unreadable files:", ""]
@@ -106,6 +107,7 @@ def write_plots(run_dir: Path, metrics: dict[str, Any], phase_results: dict[str,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     phases = [p for p in PHASE_TITLES if p in phase_results]
     names = metrics["spec"]["class_names"]
@@ -154,6 +156,7 @@ def write_plots(run_dir: Path, metrics: dict[str, Any], phase_results: dict[str,
             if 0 < n_frozen < len(hist):
                 ax.axvline(n_frozen + 0.5, color="grey", ls="--", lw=0.8)
             ax.set(xlabel="epoch (frozen, then unfrozen)", ylabel=name, title=f"{name} per epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.legend(fontsize=8)
         files["loss and accuracy per epoch"] = _save(fig, run_dir, "history.png")
     return files
