@@ -1,17 +1,17 @@
 """NVIDIA DALI preprocessing: encoded files -> normalised (N, 3, S, S) batches.
 
-Two small pipelines share one resize + normalise graph built from the model spec:
+Small pipelines share one resize + normalise graph built from the model spec:
 
 - ``encoded``: the file bytes of JPEG/PNG/TIFF/BMP go in through ``fn.external_source``
   (so the runner controls file order and which files are in a batch), are decoded by
-  ``fn.decoders.image`` to GRAY at ``UINT16`` (16-bit PNG/TIFF keep their depth; 8-bit
-  data is widened by x257, so dividing by 65535 equals dividing by 255) and EXIF-rotated;
+  ``fn.decoders.image`` to GRAY and EXIF-rotated: 16-bit PNG/TIFF at ``UINT16`` (depth
+  kept), 8-bit files at ``UINT8`` in a twin pipeline (cheaper; same values once scaled);
 - ``raw``: pixels DALI cannot decode, DICOM above all, arrive already decoded by the
   Python decoders (pydicom per the pixel contract) as float32 [0, 1] and get the very
   same resize and normalisation.
 
 Resize/normalise mirror ``preprocess.to_model_input``: squash to S x S (or shorter side
-to ``resize_size`` then a centre S x S crop, with sizes and crop anchor computed on the
+to ``resize_size`` then a centre S x S crop, the crop's source box computed on the
 host with the Python rule) with an antialiased linear filter, gray replicated to three
 channels, ``(x - mean) / std``. The two families differ only at the outermost pixel rows
 and columns (PIL renormalises the truncated filter at the border, DALI clamps to the
@@ -56,6 +56,7 @@ from fracture_batch.spec import ModelSpec, ResizeMode
 log = logging.getLogger(__name__)
 
 DALI_FORMATS = {"jpeg", "png", "tiff", "bmp"}
+ENCODED8, ENCODED16, RAW = "encoded8", "encoded16", "raw"  # the three pipelines
 # PIL modes whose pixels DALI's UINT16 gray decode reproduces (float/32-bit TIFFs go raw).
 DALI_MODES = {"L", "P", "RGB", "RGBA", "LA", "CMYK", "YCbCr", "I;16", "I;16B", "I;16L", "I;16N", "1"}
 
@@ -72,7 +73,7 @@ class PreprocessedBatch:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def _resize_normalise(img, spec: ModelSpec, scale: float, size=None, anchor=None):
+def _resize_normalise(img, spec: ModelSpec, scale: float, roi_start=None, roi_end=None):
     """HWC (C=1) image node -> CHW float normalised node, as preprocess.to_model_input."""
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
@@ -82,8 +83,10 @@ def _resize_normalise(img, spec: ModelSpec, scale: float, size=None, anchor=None
     if spec.resize_mode is ResizeMode.SQUASH:
         img = fn.resize(img, size=[s, s], mode="stretch", **common)
     else:
-        img = fn.resize(img, size=size, mode="stretch", **common)
-        img = fn.slice(img, start=anchor, shape=[s, s], axis_names="HW")
+        # Only the crop's source box is resampled (preprocess.crop_source_box): the same
+        # pixels as resize-then-slice, without a huge intermediate for extreme aspect ratios.
+        img = fn.resize(img, size=[s, s], roi_start=roi_start, roi_end=roi_end, roi_relative=False,
+                        mode="stretch", **common)
     img = fn.cat(img, img, img, axis=2)
     return fn.crop_mirror_normalize(
         img,
@@ -100,20 +103,23 @@ def _geometry_inputs(spec: ModelSpec):
 
     if spec.resize_mode is ResizeMode.SQUASH:
         return None, None
-    size = fn.external_source(name="size", dtype=types.FLOAT, ndim=1)
-    anchor = fn.external_source(name="anchor", dtype=types.INT32, ndim=1)
-    return size, anchor
+    roi_start = fn.external_source(name="roi_start", dtype=types.FLOAT, ndim=1)
+    roi_end = fn.external_source(name="roi_end", dtype=types.FLOAT, ndim=1)
+    return roi_start, roi_end
 
 
-def _encoded_graph(spec: ModelSpec, gpu: bool):
+def _encoded_graph(spec: ModelSpec, gpu: bool, sixteen_bit: bool):
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
 
     data = fn.external_source(name="data", dtype=types.UINT8, ndim=1)
-    size, anchor = _geometry_inputs(spec)
-    # size/anchor stay on the CPU: DALI argument inputs always do, whatever the data's device.
-    img = fn.decoders.image(data, device="mixed" if gpu else "cpu", output_type=types.GRAY, dtype=types.UINT16)
-    return _resize_normalise(img, spec, 65535.0, size, anchor)
+    roi_start, roi_end = _geometry_inputs(spec)
+    # The ROI stays on the CPU: DALI argument inputs always do, whatever the data's device.
+    # 16-bit files decode to UINT16 (depth kept); 8-bit ones to UINT8, which is cheaper and
+    # gives the same values after scaling (x / 255 == 257 x / 65535).
+    dtype, scale = (types.UINT16, 65535.0) if sixteen_bit else (types.UINT8, 255.0)
+    img = fn.decoders.image(data, device="mixed" if gpu else "cpu", output_type=types.GRAY, dtype=dtype)
+    return _resize_normalise(img, spec, scale, roi_start, roi_end)
 
 
 def _raw_graph(spec: ModelSpec, gpu: bool):
@@ -121,16 +127,16 @@ def _raw_graph(spec: ModelSpec, gpu: bool):
     import nvidia.dali.types as types
 
     img = fn.external_source(name="data", dtype=types.FLOAT, ndim=3, layout="HWC")
-    size, anchor = _geometry_inputs(spec)
+    roi_start, roi_end = _geometry_inputs(spec)
     if gpu:
         img = img.gpu()
-    return _resize_normalise(img, spec, 1.0, size, anchor)
+    return _resize_normalise(img, spec, 1.0, roi_start, roi_end)
 
 
 def crop_geometry(width: int, height: int, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(resized (H, W), crop anchor (top, left)) by preprocess.crop_geometry's rule."""
-    nw, nh, left, top = preprocess.crop_geometry(width, height, spec)
-    return np.array([nh, nw], np.float32), np.array([top, left], np.int32)
+    """Resize ROI (start (top, left), end (bottom, right)) from preprocess.crop_source_box."""
+    left, top, right, bottom = preprocess.crop_source_box(width, height, spec)
+    return np.array([top, left], np.float32), np.array([bottom, right], np.float32)
 
 
 class DaliPreprocessor:
@@ -162,11 +168,11 @@ class DaliPreprocessor:
         if kind not in self._pipes:
             from nvidia.dali import pipeline_def
 
-            graph = _encoded_graph if kind == "encoded" else _raw_graph
-
             @pipeline_def
             def build():
-                return graph(self.spec, self.gpu)
+                if kind == RAW:
+                    return _raw_graph(self.spec, self.gpu)
+                return _encoded_graph(self.spec, self.gpu, sixteen_bit=kind == ENCODED16)
 
             # Synchronous execution: each run() consumes exactly the batch just fed, so
             # the caller keeps file order and knows which batch failed.
@@ -183,8 +189,8 @@ class DaliPreprocessor:
         pipe.feed_input("data", data)
         if self.spec.resize_mode is not ResizeMode.SQUASH:
             geo = [crop_geometry(w, h, self.spec) for w, h in geometry]
-            pipe.feed_input("size", [g[0] for g in geo])
-            pipe.feed_input("anchor", [g[1] for g in geo])
+            pipe.feed_input("roi_start", [g[0] for g in geo])
+            pipe.feed_input("roi_end", [g[1] for g in geo])
         (out,) = pipe.run()
         # Copy out now: DALI reuses its output buffers on the next run.
         return self._take(out)
@@ -211,48 +217,50 @@ class DaliPreprocessor:
         n = len(items)
         errors: list[str | None] = [None] * n
         infos: list[Decoded | None] = [None] * n
-        encoded: list[tuple[int, np.ndarray]] = []
-        raw: list[tuple[int, np.ndarray]] = []
+        routes: dict[str, list[tuple[int, np.ndarray]]] = {ENCODED8: [], ENCODED16: [], RAW: []}
         for i, (path, data) in enumerate(items):
             try:
-                route, payload, info = self._classify(Path(path), data)
+                route, payload, infos[i] = self._classify(Path(path), data)
             except DecodeError as exc:
                 errors[i] = str(exc)
                 continue
-            infos[i] = info
-            (encoded if route == "encoded" else raw).append((i, payload))
-        fallbacks = 0
+            routes[route].append((i, payload))
         results: list[tuple[list[int], Any]] = []
-        for start in range(0, len(encoded), self.batch_size):
-            chunk = encoded[start : start + self.batch_size]
+        fallbacks = 0
+        for kind in (ENCODED8, ENCODED16):
+            for chunk in self._chunks(routes[kind]):
+                try:
+                    results.append(self._run_chunk(kind, chunk, infos))
+                except Exception as exc:  # DALI raises RuntimeError("Critical error in pipeline ...")
+                    self._drop(kind)
+                    log.info("DALI batch failed (%s); decoding its %d files one by one", str(exc).splitlines()[0], len(chunk))
+                    fallbacks += len(chunk)
+                    for i, _ in chunk:
+                        try:
+                            routes[RAW].append((i, self._python_pixels(Path(items[i][0]), i, infos)))
+                        except DecodeError as err:
+                            errors[i], infos[i] = str(err), None
+        for chunk in self._chunks(routes[RAW]):
             try:
-                out = self._run("encoded", [p for _, p in chunk], [(infos[i].width, infos[i].height) for i, _ in chunk])
-                results.append(([i for i, _ in chunk], out))
-            except Exception as exc:  # DALI raises RuntimeError("Critical error in pipeline ...")
-                self._drop("encoded")
-                log.info("DALI batch failed (%s); decoding its %d files one by one", str(exc).splitlines()[0], len(chunk))
-                for i, _ in chunk:
-                    fallbacks += 1
-                    try:
-                        raw.append((i, self._python_pixels(Path(items[i][0]), i, infos)))
-                    except DecodeError as err:
-                        errors[i], infos[i] = str(err), None
-        for start in range(0, len(raw), self.batch_size):
-            chunk = raw[start : start + self.batch_size]
-            try:
-                out = self._run("raw", [p for _, p in chunk], [(infos[i].width, infos[i].height) for i, _ in chunk])
-                results.append(([i for i, _ in chunk], out))
+                results.append(self._run_chunk(RAW, chunk, infos))
             except Exception:  # not expected (pixels are plain arrays); isolate it anyway
-                self._drop("raw")
-                for i, p in chunk:
+                self._drop(RAW)
+                for one in chunk:
                     try:
-                        results.append(([i], self._run("raw", [p], [(infos[i].width, infos[i].height)])))
+                        results.append(self._run_chunk(RAW, [one], infos))
                     except Exception as exc:
-                        self._drop("raw")
-                        errors[i], infos[i] = f"resize/normalise failed: {str(exc).splitlines()[0]}", None
-        tensors = self._assemble(n, results)
-        counts = {"dali_decoded": len(encoded) - fallbacks, "python_decoded": len(raw), "errors": sum(e is not None for e in errors)}
-        return PreprocessedBatch(tensors, errors, infos, time.perf_counter() - t0, fallbacks, counts)
+                        self._drop(RAW)
+                        errors[one[0]], infos[one[0]] = f"resize/normalise failed: {str(exc).splitlines()[0]}", None
+        counts = {"dali_decoded": len(routes[ENCODED8]) + len(routes[ENCODED16]) - fallbacks,
+                  "python_decoded": len(routes[RAW]), "errors": sum(e is not None for e in errors)}
+        return PreprocessedBatch(self._assemble(n, results), errors, infos, time.perf_counter() - t0, fallbacks, counts)
+
+    def _chunks(self, entries: list) -> list[list]:
+        return [entries[k : k + self.batch_size] for k in range(0, len(entries), self.batch_size)]
+
+    def _run_chunk(self, kind: str, chunk: list[tuple[int, np.ndarray]], infos: list) -> tuple[list[int], Any]:
+        geometry = [(infos[i].width, infos[i].height) for i, _ in chunk]
+        return [i for i, _ in chunk], self._run(kind, [p for _, p in chunk], geometry)
 
     def _classify(self, path: Path, data: bytes | None) -> tuple[str, np.ndarray, Decoded]:
         if data is None:
@@ -263,16 +271,16 @@ class DaliPreprocessor:
         if looks_like_dicom(data[:132]) or path.suffix.lower() in DICOM_SUFFIXES:
             holder: list[Decoded | None] = [None]
             pixels = self._python_pixels(path, 0, holder)
-            return "raw", pixels, holder[0]
+            return RAW, pixels, holder[0]
         try:
             info = probe_image(path, data, max_pixels=self.max_pixels)
         except DecodeError:
             info = None  # the Python decoders read some layouts PIL's header parser cannot
         if info is not None and info.format in DALI_FORMATS and info.meta.get("pil_mode") in DALI_MODES:
-            return "encoded", np.frombuffer(data, np.uint8), info
+            return (ENCODED16 if info.bit_depth == 16 else ENCODED8), np.frombuffer(data, np.uint8), info
         holder = [None]
         pixels = self._python_pixels(path, 0, holder)
-        return "raw", pixels, holder[0]
+        return RAW, pixels, holder[0]
 
     def _python_pixels(self, path: Path, i: int, infos: list) -> np.ndarray:
         d = decode_file(path, max_pixels=self.max_pixels, identifiers=self.identifiers, uid_salt=self.uid_salt)
