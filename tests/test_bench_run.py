@@ -18,7 +18,8 @@ def tiny_run(tmp_path_factory):
     # resnet18 at 32 px, 8 small images, 2 repeats, in this process: seconds, not minutes.
     cfg = BenchConfig(out=tmp / "out", arch="resnet18", input_size=32, batch_sizes=(1, 4), warmup=1, repeats=2,
                       max_seconds=1.0, small_n=8, archive_n=0, decode_n=2, gemm_n=128, quick=True,
-                      backends=("onnxruntime",), workdir=tmp / "work", in_process=True)
+                      backends=("onnxruntime",), workdir=tmp / "work", in_process=True,
+                      via_export=False)  # export's own path is tested by its tests; this keeps seconds
     return cfg, run_bench(cfg)
 
 

@@ -211,8 +211,10 @@ def bench_models(art: ModelArtifacts, configs: list[ModelConfig], *, batch_sizes
             backend=cfg.backend, precision=cfg.precision, device=cfg.device, model_path=cfg.model_path,
             input_size=art.spec.input_size, batch_sizes=list(batch_sizes), warmup=warmup, repeats=repeats,
             max_seconds=max_seconds, threads=threads, flops_per_image=flops)
+        t0 = time.perf_counter()
         rows += run_isolated("fracture_batch.benchmarking.model_bench:run_model_config", kwargs,
                              label=label, in_process=in_process)
+        log.info("model-only %s: %.1f s", cfg.name, time.perf_counter() - t0)
     for r in rows:
         r.extra.setdefault("arch", art.spec.arch)
         r.extra.setdefault("input_size", art.spec.input_size)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ class BenchConfig:
     decode_n: int = 12  # files per format in the decode suite
     e2e_repeats: int = 1
     gemm_n: int = 0  # ceiling GEMM side; 0: 4096 (2048 with quick)
+    via_export: bool = True  # random model's files made by export.api (False: the bench's quick exporter)
     quick: bool = False
     workdir: Path | None = None  # generated corpora and models (cached between runs)
     in_process: bool = False  # tests only: no child processes
@@ -56,7 +58,7 @@ class BenchConfig:
     def quick_preset(cls, out: Path, **overrides) -> "BenchConfig":
         """About two minutes for ResNet50 on 2 cores: fewer sizes, repeats and images."""
         base = dict(out=out, batch_sizes=(1, 8), warmup=1, repeats=3, max_seconds=3.0, small_n=48,
-                    archive_n=4, decode_n=3, e2e_repeats=1, quick=True)
+                    archive_n=4, decode_n=3, e2e_repeats=1, quick=True, via_export=False)
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
@@ -83,7 +85,7 @@ def run_bench(cfg: BenchConfig) -> BenchRun:
         from fracture_batch.benchmarking.artifacts import resolve_artifacts
 
         art = resolve_artifacts(cfg.model, work / f"model-{cfg.arch}-{cfg.input_size}",
-                                arch=cfg.arch, input_size=cfg.input_size)
+                                arch=cfg.arch, input_size=cfg.input_size, via_export=cfg.via_export)
         run.run["model"] = {"source": art.source, "arch": art.spec.arch, "input_size": art.spec.input_size,
                             "files": {k: str(v) for k, v in art.onnx.items()}}
     if Suite.MODEL in cfg.suites:
@@ -99,6 +101,8 @@ def run_bench(cfg: BenchConfig) -> BenchRun:
     if Suite.E2E in cfg.suites:
         rows += _e2e_suite(cfg, work, art, rows)
     run.run["seconds"] = round(time.time() - started, 1)
+    # Load before and after: a figure measured on a busy machine says so.
+    run.run["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     write_outputs(run, cfg.out)
     return run
 
@@ -130,7 +134,7 @@ def _e2e_suite(cfg: BenchConfig, work: Path, art, rows: list[Measurement]) -> li
         corpus = work / f"e2e-{regime}-{n}"
         files = make_regime_corpus(corpus, regime, n)
         warm = work / f"e2e-{regime}-warmup"
-        make_regime_corpus(warm, regime, 4, seed=1)
+        make_regime_corpus(warm, regime, 2, seed=1)  # page cache, lazy imports, ORT arena
         log.info("end-to-end %s: %d images", regime, n)
         regime_rows = bench_e2e(regime=regime, corpus_dir=corpus, warmup_dir=warm, models=models,
                                 checkpoint=str(art.checkpoint) if art.checkpoint else None, arch=art.spec.arch,
