@@ -21,7 +21,7 @@ from fracture_batch.spec import ModelSpec
 from export import parity as P
 from export.config import ExportConfig, Precision, Variant, variants_for
 from export.fp16 import count_float16_ops, create_fp16_module, export_fp16
-from export.images import ImageSet, load_inputs, require_image_source, resolve_image_sets
+from export.images import ImageSet, load_inputs, resolve_image_source, resolve_image_sets
 from export.onnx_export import export_onnx, file_sha256, stamp_and_check
 from export.quantize import Int8Flavour, describe_qdq, pre_process, quantize_int8
 from export.report import EngineReport, ExportReport, VariantReport
@@ -118,7 +118,7 @@ def _check_variant(variant, path, model, spec, heldout, reference, labels, confi
 
 
 def export_model(config: ExportConfig) -> ExportReport:
-    require_image_source(config)  # before the (slow) checkpoint load
+    config = resolve_image_source(config)  # before the (slow) checkpoint load
     model, spec = load_checkpoint(config.checkpoint)
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

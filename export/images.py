@@ -5,7 +5,8 @@ images measure every variant against the torch fp32 model. Measuring on the imag
 set the ranges would flatter int8, so the sets never share a file.
 
 Sources:
-- ``data_dir``: a split dataset root ``{train,val,test}/<class>/...`` (what ``synth`` and
+- ``data_dir``: (default: the ``data_dir`` in the training run's ``config.json`` next to
+  the checkpoint) a split dataset root ``{train,val,test}/<class>/...`` (what ``synth`` and
   ``train`` use). Parity runs on ``test`` (else ``val``); calibration on ``val`` when
   parity uses ``test``, else on ``train``.
 - ``calib_dir``: any folder of images. With a ``data_dir`` it only feeds calibration;
@@ -15,6 +16,8 @@ parity still measures probability differences and agreement, but not ROC AUC.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import random
 from dataclasses import dataclass
@@ -82,17 +85,41 @@ def _split_dir(data_dir: Path, names: tuple[str, ...], exclude: Path | None = No
     return None
 
 
-def require_image_source(config: ExportConfig) -> None:
-    if config.data_dir is None and config.calib_dir is None:
+def training_data_dir(checkpoint: Path) -> Path | None:
+    """The dataset a checkpoint was trained on, from ``RUN_DIR/config.json`` (``data_dir``)
+    written by ``fracture-batch train``; None when it is not recorded or no longer there."""
+    run_config = Path(checkpoint).parent / "config.json"
+    try:
+        recorded = json.loads(run_config.read_text()).get("data_dir")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not recorded:
+        return None
+    for candidate in (Path(recorded), run_config.parent / recorded):
+        if candidate.is_dir():
+            return candidate
+    log.warning("%s names data_dir %s, which is not there", run_config, recorded)
+    return None
+
+
+def resolve_image_source(config: ExportConfig) -> ExportConfig:
+    """Fill ``data_dir`` from the training run when neither images option was given."""
+    if config.data_dir is not None or config.calib_dir is not None:
+        return config
+    data_dir = training_data_dir(config.checkpoint)
+    if data_dir is None:
         raise ImageSourceError(
             "export needs real images to calibrate int8 and check parity: pass --data-dir "
-            "(the dataset used for training, with train/val/test splits) or --calib-dir"
+            "(the dataset used for training, with train/val/test splits) or --calib-dir "
+            f"(no training data_dir recorded in {Path(config.checkpoint).parent / 'config.json'})"
         )
+    log.info("using the training data recorded in the run: %s", data_dir)
+    return dataclasses.replace(config, data_dir=data_dir)
 
 
 def resolve_image_sets(config: ExportConfig, spec: ModelSpec) -> tuple[ImageSet, ImageSet]:
     """-> (calibration set, held-out parity set), disjoint, each capped by the config."""
-    require_image_source(config)
+    config = resolve_image_source(config)
     if config.data_dir is not None:
         data_dir = Path(config.data_dir)
         heldout_dir = _split_dir(data_dir, HELDOUT_SPLITS)

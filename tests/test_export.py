@@ -32,7 +32,10 @@ def exported(tmp_path_factory):
     base = tmp_path_factory.mktemp("export")
     ckpt, data = make_export_fixture(base)
     out = base / "out"
-    config = ExportConfig(checkpoint=ckpt, out_dir=out, data_dir=data, bars=TEST_BARS, calib_n=24, tensorrt=True)
+    # As after `fracture-batch train`: the run's config.json names the data; export finds
+    # its test split without --data-dir.
+    (ckpt.parent / "config.json").write_text(json.dumps({"data_dir": str(data)}))
+    config = ExportConfig(checkpoint=ckpt, out_dir=out, bars=TEST_BARS, calib_n=24, tensorrt=True)
     try:
         report = export_model(config)
         trt_error = None
@@ -54,6 +57,8 @@ def test_every_variant_written_and_passes_its_bar(exported):
     # model would give ~0 here and test nothing).
     assert names["int8"].parity.max_abs_diff > 1e-3
     assert report.heldout["labelled"] and report.heldout["n"] == 60
+    assert report.heldout["source"].startswith(str(exported[1] / "test"))
+    assert report.calibration["source"] == str(exported[1] / "val")  # disjoint from test
     assert names["int8"].parity.auc_reference is not None
 
 

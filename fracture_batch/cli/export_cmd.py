@@ -32,7 +32,8 @@ def _parse_precisions(ctx, param, value: str) -> tuple[str, ...]:
                    "model.int8.trt.onnx (TensorRT, symmetric int8).")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Training dataset root with train/ val/ test/ splits of class folders: parity runs on test/ "
-                   "(else val/), int8 calibration on another split.")
+                   "(else val/), int8 calibration on another split. Default: the data_dir recorded in "
+                   "config.json next to the checkpoint (a `fracture-batch train` run directory).")
 @click.option("--calib-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of real images for int8 calibration. Without --data-dir it is split into disjoint "
                    "calibration and parity parts.")
