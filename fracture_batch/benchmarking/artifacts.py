@@ -112,7 +112,7 @@ def _from_dir(d: Path) -> ModelArtifacts:
     files = {v: d / name for v, name in ONNX_FILES.items() if (d / name).is_file()}
     if "fp32" not in files and not (d / "model.pt").is_file():
         raise FileNotFoundError(f"{d} has neither model.onnx nor model.pt (run `fracture-batch export`)")
-    ckpt = d / "model.pt" if (d / "model.pt").is_file() else None
+    ckpt = d / "model.pt" if (d / "model.pt").is_file() else _checkpoint_from_report(d)
     if files:
         spec = read_spec_from_onnx(next(iter(files.values())))
     else:
@@ -120,6 +120,18 @@ def _from_dir(d: Path) -> ModelArtifacts:
 
         spec = load_checkpoint(ckpt)[1]
     return ModelArtifacts(spec, ckpt, files, f"export directory {d}")
+
+
+def _checkpoint_from_report(d: Path) -> Path | None:
+    """The checkpoint an export directory was made from (``export_report.json``), for
+    the torch backend's rows."""
+    import json
+
+    try:
+        ckpt = Path(json.loads((d / "export_report.json").read_text())["checkpoint"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return ckpt if ckpt.is_file() else None
 
 
 def _stamp(path: Path, spec: ModelSpec, variant: str) -> None:

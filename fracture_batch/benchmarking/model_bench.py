@@ -78,7 +78,8 @@ def _resolve_one(art: ModelArtifacts, backend: str, precision: str, device: str)
         if (precision, device) in (("fp16", "cpu"), ("bf16", "cuda")):
             return skip(f"torch autocast is bf16 on CPU and fp16 on CUDA, not {precision} on {device}")
         if art.checkpoint is None:
-            return skip("no model.pt next to the ONNX files (the torch backend needs the checkpoint)")
+            return skip("no checkpoint (model.pt in the model directory or named by export_report.json); "
+                        "the torch backend needs it")
         return ModelConfig(backend, precision, device, str(art.checkpoint))
     if backend == "onnxruntime":
         if precision == "bf16":
