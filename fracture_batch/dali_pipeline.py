@@ -139,6 +139,21 @@ def crop_geometry(width: int, height: int, spec: ModelSpec) -> tuple[np.ndarray,
     return np.array([top, left], np.float32), np.array([bottom, right], np.float32)
 
 
+def _png_chunks_fit(data: bytes) -> bool:
+    """Every PNG chunk up to IEND lies inside the file. DALI's PNG decoder allocates what
+    a chunk claims: a 77-byte file whose IDAT length says 4 GB took 4 GB and ~8 s there
+    (found by tests/test_fuzz.py; tests/fuzz_regressions/png-idat-claims-4gb.png)."""
+    pos = 8
+    while pos + 12 <= len(data):
+        end = pos + 12 + int.from_bytes(data[pos : pos + 4], "big")
+        if end > len(data):
+            return False
+        if data[pos + 4 : pos + 8] == b"IEND":
+            return True
+        pos = end
+    return False
+
+
 class DaliPreprocessor:
     """Decode + resize + normalise batches with DALI; one instance per decode thread."""
 
@@ -276,6 +291,8 @@ class DaliPreprocessor:
             info = probe_image(path, data, max_pixels=self.max_pixels)
         except DecodeError:
             info = None  # the Python decoders read some layouts PIL's header parser cannot
+        if info is not None and info.format == "png" and not _png_chunks_fit(data):
+            info = None  # to the Python decoders, which read only what is there
         if info is not None and info.format in DALI_FORMATS and info.meta.get("pil_mode") in DALI_MODES:
             return (ENCODED16 if info.bit_depth == 16 else ENCODED8), np.frombuffer(data, np.uint8), info
         holder = [None]

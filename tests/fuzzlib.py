@@ -29,7 +29,7 @@ INTERESTING = (0, 1, 2, 3, 7, 8, 16, 0x7F, 0x80, 0xFF, 0x100, 0x3FFF, 0x7FFF, 0x
                0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, 0xFFFFFFFF)
 CHILD_ADDRESS_SPACE = 6 << 30  # a decode asking for more than this is a bomb, not a radiograph
 DEFAULT_TIMEOUT_S = 20.0  # a hang, not a slow machine: normal mutants decode in milliseconds
-SLOW_S = 5.0  # any single mutant slower than this is reported as a stall
+SLOW_S = 10.0  # any single mutant slower than this is a stall (generous: 2 loaded cores)
 MEMORY_BOMB_MB = 2500  # peak RSS growth one mutant may cause (a 100 MP float32 image is 400 MB)
 Choose = Callable[[int], int]  # choose(n) -> an int in [0, n)
 
@@ -122,9 +122,14 @@ def _child_main(conn, workdir: str) -> None:
     import logging
     import warnings
 
-    # Decoders warn and log about every corrupt mutant; the verdict is in the Outcome.
+    # Decoders warn and log about every corrupt mutant (native ones straight to fd 2);
+    # the verdict is in the Outcome. FUZZ_CHILD_STDERR=1 keeps their output for debugging.
     warnings.simplefilter("ignore")
     logging.disable(logging.CRITICAL)
+    if not os.environ.get("FUZZ_CHILD_STDERR"):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
     from fracture_batch.spec import ModelSpec
 
     spec = ModelSpec(arch="resnet18", input_size=32)

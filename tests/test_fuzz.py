@@ -5,7 +5,7 @@ to boundary values, splices from other formats, repeated chunks; PNG CRCs option
 fixed so the parser is reached) is written to a directory, discovered, and decoded in a
 guarded child process (tests/fuzzlib.py). It must give exactly one row: decoded pixels
 that honour the pixel contract, or a readable error. Another exception type, a dead
-process, no answer within the timeout, a single file taking > 5 s, or > 2.5 GB of RSS
+process, no answer within the timeout, a single file taking > 10 s, or > 2.5 GB of RSS
 growth fails the test and the mutant is saved to $FUZZ_FOUND_DIR (default
 /tmp/fracture-batch-fuzz-found) for tests/fuzz_regressions/.
 
@@ -114,6 +114,7 @@ def test_fuzz_regressions(guard, path, mode):
     if mode == "dali" and not __import__("fracture_batch.decoders", fromlist=["has_dali"]).has_dali()[0]:
         pytest.skip("NVIDIA DALI is not installed")
     outcome = guard.run(path.read_bytes(), path.suffix, mode)
+    # One row, in time and memory: a readable refusal, or pixels (e.g. the PNG whose IDAT
+    # length claims 4 GB decodes from the bytes that are there, as PIL reads it).
     assert fuzzlib.judge(outcome) is None, outcome
-    # Each regression case is a broken file: it must be refused with a readable message.
-    assert outcome.kind == "error_row" and outcome.detail.strip(), outcome
+    assert outcome.kind in ("ok", "error_row") and outcome.detail.strip(), outcome
