@@ -1,0 +1,26 @@
+"""Synthetic radiograph-like limb images for training, tests and benchmarks.
+
+``generate_dataset`` writes an ImageFolder data set, ``generate_corpus`` a flat scoring
+corpus, ``generate_archive`` archive-size 12-bit files; ``write_contact_sheet`` shows
+samples as the model sees them. Drawing lives in ``anatomy``, file formats in ``writers``.
+"""
+from fracture_batch.synth.contact_sheet import CONTACT_SHEET_NAME, write_contact_sheet
+from fracture_batch.synth.generate import (
+    MANIFEST_NAME,
+    SynthConfig,
+    SynthRecord,
+    count_table,
+    generate_archive,
+    generate_corpus,
+    generate_dataset,
+    read_manifest,
+    resolve_split_counts,
+    size_range_for,
+)
+from fracture_batch.synth.writers import DEFAULT_FORMATS, ImageFormat, has_j2k_encoder
+
+__all__ = [
+    "CONTACT_SHEET_NAME", "DEFAULT_FORMATS", "MANIFEST_NAME", "ImageFormat", "SynthConfig", "SynthRecord",
+    "count_table", "generate_archive", "generate_corpus", "generate_dataset", "has_j2k_encoder",
+    "read_manifest", "resolve_split_counts", "size_range_for", "write_contact_sheet",
+]
