@@ -79,32 +79,44 @@ def measure(*, engine: str, corpus_dir: str, model_path: str, batch_size: int, r
     )]
 
 
-def _markdown(run: BenchRun) -> str:
+def _median_wall(r: Measurement | None) -> float | None:
+    w = (r.extra.get("wall_s") or []) if r is not None else []
+    return summarize(w).p50 if w else None
+
+
+def _busy_note(machine: dict) -> str:
+    load, cores = (machine.get("load_average") or [0])[0], machine.get("cores_usable") or 1
+    if load <= 0.5 * cores:
+        return ""
+    return (f"**Measured on a busy machine (load average {load:.1f} on {cores} cores at the start): these "
+            "figures are noise, not a result. Rerun `python -m benchmarks.bench_ray` on a quiet machine.**\n")
+
+
+def markdown(run: BenchRun) -> str:
     from fracture_batch.benchmarking.report import machine_line, table
 
     rows = run.measurements
     local = next((r for r in rows if r.name == "local" and r.status == "ok"), None)
+    local_wall = _median_wall(local)
 
-    def ratio(r: Measurement) -> str:
-        if local is None or not r.images_per_s or not local.images_per_s:
+    def vs_local(r: Measurement) -> str:
+        w = _median_wall(r) if r.status == "ok" else None
+        if w is None or not local_wall:
             return ""
-        return f"{local.images_per_s / r.images_per_s:.2f}x"
-
-    def wall(r: Measurement) -> str:
-        w = r.extra.get("wall_s") or []
-        return ", ".join(f"{x:.1f}" for x in w)
+        return f"{w / local_wall:.2f}x ({w - local_wall:+.1f} s)"
 
     o = run.run
     return "\n".join([
         "# Ray overhead: local Ray instance vs the local runner\n",
+        _busy_note(run.machine),
         f"Machine: {machine_line(run.machine)}\n",
         f"Corpus: {o['n']} generated `{o['regime']}` images; model: {o['model']}; batch size {o['batch_size']}; "
         f"{o['repeats']} repeat(s) per engine, each engine in its own process. Run took {o['seconds']} s.\n",
         table(rows, [
             ("engine", lambda r: r.name),
             ("images/s (median)", lambda r: "" if r.images_per_s is None else f"{r.images_per_s:.1f}"),
-            ("local / this", ratio),
-            ("wall per run incl. model load, s", wall),
+            ("wall per run incl. model load, s", lambda r: ", ".join(f"{x:.1f}" for x in r.extra.get("wall_s") or [])),
+            ("wall vs local (median)", vs_local),
             ("ray.init, s", lambda r: str(r.extra.get("ray_init_s", ""))),
             ("workers / threads", lambda r: str(r.extra.get("threads", ""))),
             ("status", lambda r: r.status if r.status == "ok" else f"{r.status}: {r.note}"),
@@ -113,8 +125,9 @@ def _markdown(run: BenchRun) -> str:
         "the actor pool, loading the model in each actor, moving each decoded tensor "
         f"(3 x {o['input_size']}^2 float32 = {3 * o['input_size'] ** 2 * 4 / 1e6:.2f} MB) through the object "
         "store, and committing the staged files; the local runner loads its model before its clock starts. "
-        "The wall column includes everything but `ray.init` (the first Ray repeat also starts the worker "
-        "processes).\n",
+        "The wall columns include everything but `ray.init` (the first Ray repeat also starts the worker "
+        "processes). The same split of the cores is used by both: the local runner's decode workers and "
+        "inference threads, Ray's decode task slots and actors (see the last columns).\n",
     ])
 
 
@@ -132,7 +145,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "fb-bench-ray"))
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per engine")
+    p.add_argument("--report-only", metavar="JSON", help="only rewrite the markdown from a ray_overhead.json")
     a = p.parse_args(argv)
+    out = Path(a.out)
+    if a.report_only:
+        from fracture_batch.benchmarking.records import read_json
+
+        (out / "ray_overhead.md").write_text(markdown(read_json(a.report_only)))
+        print((out / "ray_overhead.md").read_text())
+        return
 
     from fracture_batch.benchmarking.artifacts import resolve_artifacts
     from fracture_batch.benchmarking.corpus import make_regime_corpus
@@ -160,9 +181,8 @@ def main(argv: list[str] | None = None) -> None:
         "n": a.n, "regime": a.regime, "model": arts.source, "input_size": arts.spec.input_size,
         "batch_size": a.batch_size, "repeats": a.repeats, "seconds": round(time.perf_counter() - started, 1),
     })
-    out = Path(a.out)
     write_json(run, out / "ray_overhead.json")
-    (out / "ray_overhead.md").write_text(_markdown(run))
+    (out / "ray_overhead.md").write_text(markdown(run))
     print((out / "ray_overhead.md").read_text())
 
 

@@ -14,8 +14,10 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> None:
+    from benchmarks._cli import setup_logging
     from fracture_batch.cli.bench_cmd import bench
 
+    setup_logging()
     args = list(sys.argv[1:] if argv is None else argv)
     if "--out" not in args:
         args += ["--out", "benchmarks/results"]

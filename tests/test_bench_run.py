@@ -84,3 +84,18 @@ def test_bench_help_explains_every_option():
 def test_bad_batch_sizes_are_rejected():
     result = CliRunner().invoke(bench, ["--batch-sizes", "1,x"])
     assert result.exit_code != 0 and "comma-separated integers" in result.output
+
+
+@pytest.mark.gpu
+def test_acceptance_on_a_gpu_machine_has_no_failures(tmp_path):
+    """On a CUDA machine the GPU rows really run: none may fail, and the CUDA AMP step
+    (needs only torch) must pass; rows needing optional packages may still skip."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU: the GPU acceptance rows cannot run here")
+    from fracture_batch.benchmarking.acceptance import run_acceptance
+
+    rows = run_acceptance(workdir=tmp_path)
+    assert not [r for r in rows if r.status == "fail"], [(r.name, r.note) for r in rows if r.status == "fail"]
+    assert next(r for r in rows if r.name.startswith("CUDA AMP")).status == "pass"

@@ -114,6 +114,8 @@ def plot_throughput(rows: list[Measurement], path: Path) -> Path | None:
         pts = sorted((r.batch_size, r.images_per_s) for r in model if (r.backend, r.precision, r.device) == key)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label="/".join(key))
     ax.set_xscale("log", base=2)
+    sizes = sorted({r.batch_size for r in model})
+    ax.set_xticks(sizes, [str(b) for b in sizes])
     ax.set_xlabel("batch size")
     ax.set_ylabel("images/s (median)")
     ax.set_title("Model-only throughput vs batch size")
@@ -147,7 +149,8 @@ def plot_tails(rows: list[Measurement], path: Path) -> Path | None:
     for i, (name, attr) in enumerate((("p50", "latency_p50_ms"), ("p95", "latency_p95_ms"), ("p99", "latency_p99_ms"))):
         ax.bar(x + (i - 1) * 0.27, [getattr(r, attr) or 0 for r in sel], width=0.27, label=name)
     ax.set_xticks(x, [f"{r.backend}/{r.precision}\nbs{r.batch_size}" for r in sel], fontsize=8)
-    ax.set_ylabel("ms per batch")
+    ax.set_yscale("log")  # configurations differ by orders of magnitude
+    ax.set_ylabel("ms per batch (log)")
     ax.set_title("Latency tails (largest batch measured)")
     ax.legend()
     ax.grid(True, axis="y", alpha=0.3)
