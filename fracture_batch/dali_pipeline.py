@@ -29,12 +29,13 @@ On CPU the pipelines run with ``device_id=None`` (no CUDA needed). With
 on the GPU, and the batch is returned as a torch CUDA tensor filled device-to-device
 (``feed_ndarray``), without a host round trip.
 
-Rough CPU throughput, images/s to a normalised 224 px tensor (2-core VM shared with
-other jobs, load 5-9, best of 5, so only the ratios mean much; ``measure_throughput``
-reruns it): 500x600 8-bit JPEG: Python 170-250 (1 thread), 470-480 (2 threads); DALI CPU
-120-190 (1 thread), 170-230 (2 threads). 2000x2500 16-bit PNG: Python 2.6-5.8, DALI CPU
-3.4-3.9 (1 thread): zlib inflate dominates both. On CPU the Python decoders are at least
-as fast, so ``resolve_decoder("auto")`` takes DALI only on a CUDA device.
+Cost per image to a normalised 224 px tensor, measured as process CPU time (all threads;
+robust on this shared 2-core VM where wall-clock rates swung 2x between runs; best of 3,
+1 DALI thread, batch 8): 500x600 8-bit JPEG: Python 3.6-4.1 ms, DALI CPU 2.7-2.9 ms;
+2000x2500 16-bit PNG: Python 111-125 ms, DALI CPU 93 ms (PNG inflate dominates both).
+DALI CPU is ~1.2-1.4x cheaper but costs ~0.6 s import and a pipeline per decode thread;
+``resolve_decoder("auto")`` picks DALI on CUDA, and on CPU only with
+``prefer_dali_on_cpu`` (the runner's choice; ``measure_throughput`` reruns wall-clock).
 """
 from __future__ import annotations
 

@@ -206,10 +206,14 @@ def probe_image(path: str | Path, data: bytes | None = None, *, max_pixels: int 
         depth = _MODE_DEPTH.get(img.mode, 8)
         if fmt == "tiff" and _tiff_needs_tifffile(img):
             depth = 16
-        try:
-            orientation = img.getexif().get(0x0112, 1)
-        except Exception:
-            orientation = 1
+        orientation = 1
+        # PIL's PNG getexif() decodes the whole image when the eXIf chunk is not in the
+        # header part: only look when it was already seen (a header probe must stay cheap).
+        if fmt != "png" or "exif" in img.info:
+            try:
+                orientation = img.getexif().get(0x0112, 1)
+            except Exception:
+                pass
         if orientation in (5, 6, 7, 8):
             w, h = h, w
         return Decoded(np.empty((0, 0), np.float32), fmt, w, h, depth, {"pil_mode": img.mode})
