@@ -71,10 +71,13 @@ def test_dali_per_file_errors_and_fallback(tmp_path):
     spec = ModelSpec(input_size=SIZE)
     good = tmp_path / "good.png"
     Image.fromarray(ramp()).save(good)
-    # Header fine, pixel stream cut: passes the header probe, fails inside DALI's decoder.
+    # Header and chunk layout fine, compressed pixel stream garbled: passes the header
+    # probe and the chunk-length screen, fails inside DALI's decoder.
     Image.fromarray((smooth_noise(200, 200) * 255).astype(np.uint8)).save(tmp_path / "cut.png")
-    data = (tmp_path / "cut.png").read_bytes()
-    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    data = bytearray((tmp_path / "cut.png").read_bytes())
+    start = data.index(b"IDAT") + 4
+    data[start + 10 : start + 60] = bytes(50)
+    (tmp_path / "cut.png").write_bytes(bytes(data))
     bomb = png_header_only(tmp_path / "bomb.png", 50_000, 50_000)
     (tmp_path / "text.png").write_text("not an image")
     import tifffile
