@@ -95,6 +95,11 @@ def resolve_workers(cfg: RayConfig, resources: dict[str, float]) -> int:
         workers = max(1, int(gpus // cfg.gpus_per_worker))
     else:  # CPU inference costs far more than decoding (~4 GMAC an image): 3/4 of the cores
         workers = max(1, min(int(cpus * 3 / 4 // cfg.cpus_per_worker), int(free // cfg.cpus_per_worker)))
+    if cfg.gpus_per_worker > 0 and workers * cfg.gpus_per_worker > gpus + 1e-9:
+        raise BackendError(
+            f"{workers} worker(s) x {cfg.gpus_per_worker:g} GPU need more than the cluster's {gpus:g} GPU(s); "
+            "a fixed actor pool that cannot start waits forever: use fewer --workers"
+        )
     if workers * cfg.cpus_per_worker > free:
         raise BackendError(
             f"{workers} worker(s) x {cfg.cpus_per_worker:g} CPU leave no CPU for decoding on a Ray cluster of "
@@ -183,7 +188,10 @@ def _run_locked(ray, score_cfg: ScoreConfig, cfg: RayConfig, roots, out: Path, s
     workers = resolve_workers(cfg, ray.cluster_resources())
     model = str(Path(score_cfg.model).absolute())
     decode_options = decode_options_for(score_cfg)
-    kw = dict(model=model, backend=BackendKind(score_cfg.backend).value, device=DeviceKind(score_cfg.device).value,
+    device = DeviceKind(score_cfg.device)
+    if device is DeviceKind.AUTO and cfg.gpus_per_worker <= 0:
+        device = DeviceKind.CPU  # an actor must not use a GPU it did not reserve from Ray
+    kw = dict(model=model, backend=BackendKind(score_cfg.backend).value, device=device.value,
               options={"intra_op_threads": max(1, int(cfg.cpus_per_worker)), "amp": score_cfg.amp,
                        "engine_cache_dir": score_cfg.engine_cache_dir or str(out / "_engine_cache")},
               decode_options=decode_options)
@@ -292,8 +300,10 @@ def _pipeline(ray, blocks, score_cfg: ScoreConfig, cfg: RayConfig, workers: int,
                         predictor_kwargs=kw | {"run_meta": run_meta})
     # The schema (with the spec in its metadata) is given explicitly: Ray casts every
     # block to it, so all parts carry the same types and metadata as the local runner's.
+    # min_rows_per_file makes Ray bundle the actors' batch-sized blocks into parts of
+    # --part-rows, as the local runner writes them, not one small file per batch.
     ds.write_parquet(str(directory), schema=schema(spec, run_meta), compression="zstd",
-                     max_rows_per_file=score_cfg.part_rows)
+                     min_rows_per_file=score_cfg.part_rows, max_rows_per_file=score_cfg.part_rows)
 
 
 def _count_ok(parts: list[Path]) -> int:
