@@ -151,6 +151,11 @@ def describe_object(ds) -> str:
 
 def validate_header(ds, path: Path, *, max_pixels: int) -> tuple[int, int]:
     """Refuse non-images, absurd sizes and short Pixel Data before decoding."""
+    if "PixelData" not in ds and "Rows" in ds and "Columns" in ds and "BitsAllocated" in ds:
+        raise DecodeError(
+            f"truncated or incomplete DICOM image: the header describes a {ds.Columns}x{ds.Rows} "
+            f"image ({describe_object(ds)}) but the file holds no Pixel Data"
+        )
     if "PixelData" not in ds:
         alt = "float pixel data (not supported)" if ("FloatPixelData" in ds or "DoubleFloatPixelData" in ds) else "no pixel data"
         raise DecodeError(f"DICOM object is not an image ({alt}): {describe_object(ds)}")

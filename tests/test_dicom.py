@@ -233,6 +233,14 @@ def test_truncated_pixel_data(tmp_path):
         decode_file(path)
 
 
+def test_truncated_before_pixel_data(tmp_path):
+    path = make_dicom(tmp_path / "h.dcm", ramp12(), bits_stored=12)
+    data = path.read_bytes()
+    path.write_bytes(data[: data.rindex(b"\xe0\x7f\x10\x00")])  # cut at the Pixel Data tag
+    with pytest.raises(DecodeError, match="truncated or incomplete DICOM image.*56x40"):
+        decode_file(path)
+
+
 def test_pixel_element_shorter_than_rows_columns(tmp_path):
     # A consistent file whose Rows/Columns claim more than the element holds.
     path = make_dicom(tmp_path / "s.dcm", ramp12(), bits_stored=12, extra={"Rows": 80})
