@@ -62,6 +62,7 @@ def export(checkpoint, out_dir, precisions, data_dir, calib_dir, calib_n, parity
     from export import ExportConfig, ParityError, Precision, export_model
     from export.images import ImageSourceError
     from export.tensorrt_build import TensorRTUnavailable
+    from fracture_batch.models import CheckpointError
 
     config = ExportConfig(
         checkpoint=checkpoint,
@@ -81,8 +82,10 @@ def export(checkpoint, out_dir, precisions, data_dir, calib_dir, calib_n, parity
     )
     try:
         report = export_model(config)
-    except ImageSourceError as exc:
+    except (ImageSourceError, ValueError) as exc:  # ValueError: inconsistent options
         raise click.UsageError(str(exc)) from None
+    except CheckpointError as exc:
+        raise click.ClickException(str(exc)) from None
     except ParityError as exc:
         _echo_table(exc)
         click.echo(f"Error: {exc}", err=True)
