@@ -86,6 +86,11 @@ def acquire_lock(out: Path):
             f"another fracture-batch run is writing to {out} (lock {out / LOCK_NAME} is held). "
             "Wait for it to finish, or choose another --out."
         ) from None
+    except OSError as exc:  # e.g. ELOOP: filelock refuses a symbolic link planted there
+        raise SinkError(
+            f"cannot lock {out / LOCK_NAME}: {exc.strerror or exc}. If it is a symbolic link, "
+            "remove it: the tool only writes real files inside --out."
+        ) from None
     return lock
 
 
@@ -213,7 +218,10 @@ class PartWriter:
 def write_success(out: Path, summary: dict[str, Any]) -> Path:
     path = out / SUCCESS_NAME
     tmp = out / f".{SUCCESS_NAME}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    # Exclusive create after unlinking: a symbolic link planted at the temporary name is
+    # replaced, never written through (nothing is written outside --out).
+    tmp.unlink(missing_ok=True)
+    with open(tmp, "x", encoding="utf-8") as f:
         json.dump(summary, f, indent=2, sort_keys=True, default=str)
         f.write("\n")
         f.flush()
