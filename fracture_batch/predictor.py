@@ -64,24 +64,22 @@ class Predictor:
 
     # ---- decoded results -> rows ---------------------------------------------------
     def predict_results(self, results: Sequence[DecodeResult]) -> list[dict[str, Any]]:
-        """One row per result, in order; a backend failure turns the batch into error rows."""
+        """One row per result, in order.
+
+        A backend failure raises (it is not the input's fault): the runner stops with
+        committed parts intact and a re-run retries those files, where error rows
+        would have recorded them as done for good.
+        """
         ok = [i for i, r in enumerate(results) if r.tensor is not None]
         rows: list[dict[str, Any] | None] = [None] * len(results)
         if ok:
             t0 = time.perf_counter()
-            try:
-                probs, labels = self.predict_array(_stack([results[i].tensor for i in ok]))
-                per_image_ms = (time.perf_counter() - t0) * 1000.0 / len(ok)
-                for j, i in enumerate(ok):
-                    r = results[i]
-                    rows[i] = ok_row(r.file.path, r.file.relpath, probs[j], labels[j], self.ctx,
-                                     file_size=r.file.size, infer_ms=per_image_ms, **r.info)
-            except Exception as exc:  # e.g. a corrupt tensor shape; the run goes on
-                log.exception("inference failed for a batch of %d", len(ok))
-                for i in ok:
-                    r = results[i]
-                    rows[i] = error_row(r.file.path, r.file.relpath, f"inference failed: {exc}", self.ctx,
-                                        file_size=r.file.size, **r.info)
+            probs, labels = self.predict_array(_stack([results[i].tensor for i in ok]))
+            per_image_ms = (time.perf_counter() - t0) * 1000.0 / len(ok)
+            for j, i in enumerate(ok):
+                r = results[i]
+                rows[i] = ok_row(r.file.path, r.file.relpath, probs[j], labels[j], self.ctx,
+                                 file_size=r.file.size, infer_ms=per_image_ms, **r.info)
         for i, r in enumerate(results):
             if rows[i] is None:
                 rows[i] = error_row(r.file.path, r.file.relpath, r.error or "not decoded", self.ctx,

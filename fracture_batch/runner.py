@@ -151,6 +151,13 @@ def _score_locked(cfg, roots, out: Path, started: float, on_progress, on_start) 
     t0 = time.perf_counter()
     try:
         stages.run()
+    except (sink.SinkError, ScoreAborted):
+        raise
+    except Exception as exc:  # backend crash mid-run (e.g. CUDA error): stop, keep what is committed
+        raise ScoreAborted(
+            f"run stopped: {exc.__class__.__name__}: {exc}. {writer.rows_written} row(s) in committed parts "
+            "are intact; re-run the same command to resume"
+        ) from exc
     finally:
         predictor.close()
         _fill_summary(summary, stages, stats, writer, time.perf_counter() - t0)

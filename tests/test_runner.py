@@ -243,3 +243,29 @@ def test_stage_memory_is_flat_in_the_number_of_files():
     # Per-file retention of even 100 bytes would add 1.8 MB at 20k files; allow 25% + 256 KiB of
     # noise (thread start-up, queue internals) over the small run's peak.
     assert large <= small * 1.25 + 256 * 1024, (small, large)
+
+
+def test_backend_crash_stops_the_run_without_marking_files_done(models, tmp_path, monkeypatch):
+    """A failing backend is not the inputs' fault: no error rows for them, resume retries them."""
+    from fracture_batch.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    _, onnx_path = models
+    modelgen.write_images(tmp_path / "in", 9)
+    cfg = _cfg([tmp_path / "in"], onnx_path, tmp_path / "out", batch_size=2, part_rows=2)
+    real, calls = OnnxRuntimeBackend.predict, {"n": 0}
+
+    def crash_on_third(self, x):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(self, x)
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "predict", crash_on_third)
+    with pytest.raises(runner.ScoreAborted, match="illegal memory access.*re-run the same command"):
+        score(cfg)
+    first = _read(tmp_path / "out").to_pylist()
+    assert first and all(r["status"] == "ok" for r in first)
+    monkeypatch.setattr(OnnxRuntimeBackend, "predict", real)
+    score(cfg)
+    rows = _read(tmp_path / "out").to_pylist()
+    assert len(rows) == len({r["path"] for r in rows}) == 9 and all(r["status"] == "ok" for r in rows)

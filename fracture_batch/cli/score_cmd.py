@@ -1,6 +1,7 @@
 """`fracture-batch score`: stream input directories through a model into a Parquet dataset."""
 from __future__ import annotations
 
+import signal
 import sys
 
 import click
@@ -77,13 +78,21 @@ def score(inputs, model, out, backend, device, decoder, batch_size, decode_worke
     )
     show = sys.stderr.isatty() if progress is None else progress
     bar = ProgressBar(enabled=show)
+    previous = _sigterm_as_interrupt()
     try:
         summary = run_score(cfg, on_progress=bar.update, on_start=lambda s: click.echo(start_line(s), err=True))
-    except (SinkError, BackendError, ScoreAborted) as exc:
-        bar.close()
+    except (SinkError, BackendError, ScoreAborted, RuntimeError) as exc:  # RuntimeError: e.g. no DALI
         raise click.ClickException(str(exc)) from None
-    except RuntimeError as exc:  # e.g. --decoder dali without DALI
+    finally:
         bar.close()
-        raise click.ClickException(str(exc)) from None
-    bar.close()
+        signal.signal(signal.SIGTERM, previous)
     click.echo(format_summary(summary))
+
+
+def _sigterm_as_interrupt():
+    """A batch scheduler's SIGTERM stops the run like Ctrl-C: complete rows are committed first."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
