@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import functools
 import logging
+import os
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,10 @@ class IdentifierMode(str, enum.Enum):
 @functools.lru_cache(maxsize=1)
 def has_dali() -> tuple[bool, str]:
     """(usable, reason). Importing DALI is slow-ish and may fail on odd platforms."""
+    # DALI's CPU decoders print every bad file to stderr through OpenCV's logger; each of
+    # those files already becomes an error row with a readable message. A user's own
+    # OPENCV_LOG_LEVEL wins.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
     try:
         import nvidia.dali  # noqa: F401
         import nvidia.dali.fn  # noqa: F401
