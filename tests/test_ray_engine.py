@@ -175,6 +175,39 @@ def test_model_unloadable_on_workers_is_fatal_before_inputs(ray_local, tmp_path)
     assert not sink.committed_parts(tmp_path / "out") and sink.read_success(tmp_path / "out") is None
 
 
+def test_split_stages_equal_the_predictors_own_call(models, tmp_path):
+    """decode_batch (task) + PredictStage (actor) == Predictor.__call__ on the same paths, no Ray."""
+    from fracture_batch.discover import iter_inputs
+    from fracture_batch.predictor import Predictor
+    from fracture_batch.scaleout.ray_stages import PredictStage, decode_batch, work_table
+
+    _, onnx_path = models
+    modelgen.write_images(tmp_path / "in", 3, formats=("png", "jpeg"))
+    modelgen.write_bad_inputs(tmp_path / "in" / "bad")
+    files = list(iter_inputs([tmp_path / "in"]))
+    kw = dict(model=str(onnx_path), backend="onnxruntime", device="cpu", options={"intra_op_threads": 1},
+              decode_options={})
+    work = {k: v.to_numpy(zero_copy_only=False) for k, v in zip(work_table(files).column_names,
+                                                                  work_table(files).columns)}
+    staged = PredictStage(**kw)(decode_batch(work, spec_json=modelgen.tiny_spec().to_json(), decode_options={}))
+    own = Predictor(onnx_path, backend="onnxruntime", device="cpu")({"path": work["path"], "relpath": work["relpath"]})
+    assert staged.schema.names == list(COLUMNS) and staged.num_rows == len(files) == 9
+    # Same batch, same session: identical values. Except one thing the split does better:
+    # it carries discovery's message for files known bad before decoding (a broken or
+    # looping link), as the local runner does; Predictor.__call__ only gets the paths and
+    # re-stats them, so it words those errors its own way (both are error rows).
+    known_bad = [f.error is not None for f in files]
+    for c in COLUMNS:
+        if c in TIMING_COLUMNS:
+            continue
+        got, want = staged.column(c).to_pylist(), list(own[c])
+        if c == "error":
+            assert [g for g, k in zip(got, known_bad) if not k] == [w for w, k in zip(want, known_bad) if not k]
+            assert all(g == f.error and w for g, w, f, k in zip(got, want, files, known_bad) if k)
+        else:
+            assert got == want, c
+
+
 def _staged_table(paths, spec=modelgen.tiny_spec()):
     ctx = RowContext(spec, "ab" * 32)
     rows = [ok_row(p, os.path.basename(p), 0.25, "not_fractured", ctx) for p in paths[:-1]]
