@@ -121,8 +121,26 @@ def ok_row(path: str, relpath: str, prob: float, label: str, ctx: RowContext, **
     return row
 
 
+def as_text(value: str) -> str:
+    """Any OS or header string as valid UTF-8 text. A file name that is not UTF-8 (a
+    Latin-1 name from an old archive arrives as surrogate escapes) gets backslash escapes
+    (``caf\\xe9.png``) instead of failing its whole Parquet part and, on every resume, the
+    run. Valid text is returned unchanged; the sink's resume digests use the same form."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # lone surrogates that are not escaped bytes
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def rows_to_table(rows: Iterable[Mapping[str, Any]], sch: pa.Schema) -> pa.Table:
-    return pa.Table.from_pylist(list(rows), schema=sch)
+    clean = [{k: as_text(v) if isinstance(v, str) else v for k, v in r.items()} for r in rows]
+    return pa.Table.from_pylist(clean, schema=sch)
 
 
 def rows_to_columns(rows: list[Mapping[str, Any]]) -> dict[str, list[Any]]:

@@ -121,7 +121,11 @@ def clear_output(out: Path) -> int:
 
 
 def path_digest(path: str) -> bytes:
-    return hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+    # The path as the rows store it (rows.as_text), so a non-UTF-8 file name found again
+    # on disk matches its committed row; identical to plain UTF-8 for ordinary names.
+    from fracture_batch.rows import as_text
+
+    return hashlib.blake2b(as_text(path).encode("utf-8"), digest_size=16).digest()
 
 
 class ResumeIndex:

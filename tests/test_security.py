@@ -362,6 +362,23 @@ def test_hashed_identifiers_are_stable_across_runs(models, tmp_path):
     assert tokens[0] == tokens[1] and tokens[0]  # joins across nights' runs still work
 
 
+def test_non_utf8_file_name_is_one_row_and_resume_does_not_redo_it(models, tmp_path):
+    # Old archives hold Latin-1 names; Python sees their bytes as surrogate escapes, which
+    # Parquet (UTF-8) cannot store: one such name used to fail every part, and every resume.
+    _, onnx_model = models
+    inputs = tmp_path / "in"
+    modelgen.write_images(inputs, 2)
+    os.rename(inputs / "img_00001.png", os.fsdecode(bytes(inputs) + b"/caf\xe9_scan.png"))
+    out = tmp_path / "out"
+    first = _score(inputs, onnx_model, out, "--decode-isolation", "thread")
+    assert first.exit_code == 0, first.output
+    rows = {r["relpath"]: r for r in _rows(out)}
+    assert rows["caf\\xe9_scan.png"]["status"] == "ok", rows  # the byte, written as an escape
+    second = _score(inputs, onnx_model, out, "--decode-isolation", "thread")
+    assert second.exit_code == 0, second.output
+    assert len(_rows(out)) == 2 and sink.read_success(out)["already_done"] == 2
+
+
 @pytest.mark.parametrize("name", [sink.LOCK_NAME, f".{sink.SUCCESS_NAME}.tmp", sink.SUCCESS_NAME])
 def test_tool_files_planted_as_symlinks_in_out_are_never_written_through(models, tmp_path, name):
     # A shared or copied output folder may hold links where the tool writes its own files.
