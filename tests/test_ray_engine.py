@@ -232,6 +232,18 @@ def test_staging_left_by_a_killed_run_is_recovered_without_duplicates(tmp_path):
     assert all(pq.read_schema(p).metadata[SPEC_METADATA_KEY.encode()] for p in sink.committed_parts(out))
 
 
+def test_staged_rows_missing_commit_nothing_and_are_recovered_later(tmp_path):
+    """Write tasks on nodes that do not share --out: fewer rows staged than inputs sent."""
+    out = sink.prepare_output_dir(tmp_path / "out")
+    stage = staging.staging_dir(out, "run1")
+    stage.mkdir()
+    pq.write_table(_staged_table(["/d/1.png", "/d/2.png"]), stage / "a.parquet")
+    with pytest.raises(sink.SinkError, match="2 complete row.* for 3 input.*same path"):
+        staging.commit_staged(out, stage, "run1", expected_rows=3)
+    assert not sink.committed_parts(out) and staging.stale_staging(out) == [stage]
+    assert staging.recover(out) == 2 and len(_rows(out)) == 2
+
+
 def test_overwrite_discards_stale_staging(tmp_path):
     out = sink.prepare_output_dir(tmp_path / "out")
     stage = staging.staging_dir(out, "killed")

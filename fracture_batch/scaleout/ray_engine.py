@@ -225,13 +225,8 @@ def _run_locked(ray, score_cfg: ScoreConfig, cfg: RayConfig, roots, out: Path, s
         except ray.exceptions.RayError as exc:  # infrastructure: bad inputs are rows, never raise here
             raise ScoreAborted(RESUME_HINT.format(what=f"the Ray pipeline failed ({exc.__class__.__name__}: "
                                                        f"{str(exc).strip().splitlines()[-1][:300]})")) from None
-        parts, rows = staging.commit_staged(out, directory, run_id)
-        if rows != todo:
-            raise sink.SinkError(
-                f"Ray wrote {rows} row(s) for {todo} input(s) into {directory}: is --out on storage that the "
-                "driver and every worker node see at the same path? Nothing of this run was lost that a "
-                "re-run will not redo."
-            )
+        parts = staging.commit_staged(out, directory, run_id, expected_rows=todo)
+        rows = todo
     seconds = time.perf_counter() - t0
     ok = _count_ok(parts)
     summary.files_seen, summary.already_done, summary.scored = stats.files, already, rows

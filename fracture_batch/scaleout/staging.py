@@ -50,23 +50,31 @@ def staged_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*.parquet") if p.is_file())
 
 
-def commit_staged(out: Path, directory: Path, run_id: str) -> tuple[list[Path], int]:
-    """Rename this run's complete staged files into --out as parts; (parts, rows)."""
+def commit_staged(out: Path, directory: Path, run_id: str, expected_rows: int) -> list[Path]:
+    """Rename this run's staged files into --out as parts, once they hold every row.
+
+    A count other than ``expected_rows`` (files written where the driver cannot see them,
+    a retried write that left a duplicate) commits nothing: the staging directory stays,
+    and the next run's ``recover`` commits what is complete, once per path.
+    """
+    files = staged_files(directory)
+    counts = [_complete(f) for f in files]
+    if any(n is None for n in counts) or sum(counts) != expected_rows:
+        raise sink.SinkError(
+            f"Ray staged {sum(n or 0 for n in counts)} complete row(s) for {expected_rows} input(s) in {directory}: "
+            "is --out on storage that the driver and every worker node see at the same path? Nothing was "
+            "committed; re-run the same command to recover the staged rows and score the rest"
+        )
     parts: list[Path] = []
-    rows = 0
-    for seq, f in enumerate(staged_files(directory)):
-        n = _complete(f)
-        if n is None:
-            raise sink.SinkError(f"Ray wrote an unreadable file {f}; the run is not committed, re-run to resume")
+    for seq, f in enumerate(files):
         with open(f, "rb") as fh:  # make the bytes durable before the name is
             os.fsync(fh.fileno())
         final = out / f"part-{run_id}-{seq:05d}.parquet"
         os.replace(f, final)
         parts.append(final)
-        rows += n
     sink._fsync_dir(out)
     shutil.rmtree(directory, ignore_errors=True)
-    return parts, rows
+    return parts
 
 
 def recover(out: Path, *, discard: bool = False) -> int:
