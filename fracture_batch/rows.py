@@ -144,5 +144,5 @@ def rows_to_table(rows: Iterable[Mapping[str, Any]], sch: pa.Schema) -> pa.Table
 
 
 def rows_to_columns(rows: list[Mapping[str, Any]]) -> dict[str, list[Any]]:
-    """Rows -> dict of column lists (the Predictor's columnar output)."""
-    return {c: [r.get(c) for r in rows] for c in COLUMNS}
+    """Rows -> dict of column lists (the Predictor's columnar output), strings as_text."""
+    return {c: [as_text(v) if isinstance(v, str) else v for v in (r.get(c) for r in rows)] for c in COLUMNS}
