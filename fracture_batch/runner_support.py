@@ -253,21 +253,32 @@ class Stages:
         self.ok_committed += sum(r["status"] == STATUS_OK for r in rows)
 
     def run(self) -> None:
+        writer_done = threading.Event()
+
+        def write_stage() -> None:
+            try:
+                self._writer()
+            finally:
+                writer_done.set()
+
         threads = [self._thread("discover", self._discover)]
         threads += [self._thread(f"decode-{i}", self._decode_worker) for i in range(self.workers)]
         threads.append(self._thread("infer", self._infer))
-        writer = self._thread("write", self._writer)
+        threads.append(self._thread("write", write_stage))
+        # Wait on an Event, not Thread.join: a KeyboardInterrupt (Ctrl-C, or SIGTERM via the
+        # CLI) landing inside join() can mark a still-running thread as finished
+        # (CPython bpo-45274), and the process would exit in the middle of a commit.
         try:
-            while True:
+            self.on_progress(0, None)
+            while not writer_done.wait(0.2):
                 self.on_progress(self.rows_committed, self.discovered if self.discovery_done else None)
-                if not writer.is_alive():
-                    break
-                writer.join(timeout=0.2)
         except KeyboardInterrupt:
             from fracture_batch.runner import ScoreAborted
 
             self._fail(ScoreAborted("interrupted; complete rows were committed, re-run the same command to resume"))
-            writer.join()
+            while not writer_done.wait(0.5):
+                pass
+        self.on_progress(self.rows_committed, self.discovered if self.discovery_done else None)
         self.stop.set()
         for t in threads:
             t.join(timeout=10)

@@ -269,3 +269,29 @@ def test_backend_crash_stops_the_run_without_marking_files_done(models, tmp_path
     score(cfg)
     rows = _read(tmp_path / "out").to_pylist()
     assert len(rows) == len({r["path"] for r in rows}) == 9 and all(r["status"] == "ok" for r in rows)
+
+
+def test_dicom_rows_carry_header_columns_and_hashed_uids_only(models, tmp_path):
+    import numpy as np
+    import pydicom
+
+    import imagegen
+
+    _, onnx_path = models
+    (tmp_path / "in").mkdir()
+    arr = (np.arange(40 * 56, dtype=np.uint16).reshape(40, 56) * 4095 // (40 * 56)).astype(np.uint16)
+    dcm = imagegen.make_dicom(tmp_path / "in" / "IMG0001", arr, bits_stored=12)  # no suffix: found by content
+    imagegen.make_non_image(tmp_path / "in" / "report.dcm", "sr")
+    score(_cfg([tmp_path / "in"], onnx_path, tmp_path / "out"))
+    rows = {r["relpath"]: r for r in _read(tmp_path / "out").to_pylist()}
+    img, sr = rows["IMG0001"], rows["report.dcm"]
+    assert img["status"] == "ok" and img["format"] == "dicom" and img["bit_depth"] == 12
+    assert (img["dicom_modality"], img["dicom_body_part_examined"], img["dicom_view_position"]) == ("DX", "HAND", "PA")
+    raw_uid = str(pydicom.dcmread(dcm).StudyInstanceUID)
+    assert img["dicom_study_instance_uid"] and img["dicom_study_instance_uid"] != raw_uid  # hashed by default
+    assert sr["status"] == "error" and "not an image" in sr["error"].lower()
+    text = str(_read(tmp_path / "out").to_pylist())
+    assert imagegen.PATIENT_NAME not in text and imagegen.PATIENT_ID not in text
+    keep = score(_cfg([tmp_path / "in"], onnx_path, tmp_path / "keep", identifiers="keep"))
+    assert keep.ok == 1
+    assert {r["relpath"]: r for r in _read(tmp_path / "keep").to_pylist()}["IMG0001"]["dicom_study_instance_uid"] == raw_uid
