@@ -4,6 +4,8 @@ same corpus, same model, same machine, each engine in its own child process.
     python -m benchmarks.bench_ray                                   # 600 small images, ResNet50 224 px
     python -m benchmarks.bench_ray --n 24 --arch resnet18 --input-size 64 --repeats 1 \\
         --out /tmp/bench-ray                                         # smoke run, ~1-2 min
+    python -m benchmarks.bench_ray --address auto --workers 1,2,4,8 --gpus-per-worker 1 \\
+        --workdir /shared/fb-bench --out /shared/fb-bench/results    # scaling on a real cluster
 
 Reported per engine: images/s over the scoring itself (discovery to last part
 committed; for Ray this includes starting the actor pool and loading the model in
@@ -48,7 +50,8 @@ def _score_once(engine: str, corpus: str, model: str, batch_size: int, ray_kwarg
 
 
 def measure(*, engine: str, corpus_dir: str, model_path: str, batch_size: int, repeats: int,
-            ray_kwargs: dict[str, Any] | None = None, label: str = "") -> list[Measurement]:
+            ray_kwargs: dict[str, Any] | None = None, label: str = "", address: str | None = None
+            ) -> list[Measurement]:
     """One engine, ``repeats`` runs in this process (the child ``run_isolated`` started)."""
     ray_kwargs = dict(ray_kwargs or {})
     extra: dict[str, Any] = {}
@@ -59,7 +62,10 @@ def measure(*, engine: str, corpus_dir: str, model_path: str, batch_size: int, r
 
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         t0 = time.perf_counter()
-        ray.init(include_dashboard=False, log_to_driver=False)
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(include_dashboard=False, log_to_driver=False)
         extra["ray_init_s"] = round(time.perf_counter() - t0, 3)
         extra["cluster"] = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
     try:
@@ -140,7 +146,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--workers", type=int, default=0, help="Ray Predictor actors (0: RayConfig's default)")
+    p.add_argument("--workers", default="0",
+                   help="Ray Predictor actors; a comma list (1,2,4) measures how throughput scales "
+                        "(0: RayConfig's default)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0)
+    p.add_argument("--address", default=None,
+                   help="an existing Ray cluster (auto, ray://HOST:10001) instead of a local instance; "
+                        "--workdir must then be on storage every node sees at the same path")
     p.add_argument("--fused", action="store_true", help="also measure Ray with decoding fused into the actors")
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "fb-bench-ray"))
     p.add_argument("--out", default="benchmarks/results")
@@ -167,14 +179,17 @@ def main(argv: list[str] | None = None) -> None:
     corpus = work / f"corpus-{a.regime}-{a.n}"
     make_regime_corpus(corpus, a.regime, a.n)
     machine = describe_machine()
-    configs = [("local", {}), ("ray", {"workers": a.workers})]
+    counts = [int(w) for w in str(a.workers).split(",")]
+    common = {"gpus_per_worker": a.gpus_per_worker}
+    configs = [("local", {})] + [(f"ray, {w or 'default'} worker(s)" if len(counts) > 1 else "ray",
+                                  {"workers": w, **common}) for w in counts]
     if a.fused:
-        configs.append(("ray (decode fused into actors)", {"workers": a.workers, "fuse_decode": True}))
+        configs.append(("ray (decode fused into actors)", {"workers": counts[0], "fuse_decode": True, **common}))
     rows: list[Measurement] = []
     for label, ray_kwargs in configs:
         engine = "local" if label == "local" else "ray"
         kwargs = dict(engine=engine, corpus_dir=str(corpus), model_path=model, batch_size=a.batch_size,
-                      repeats=a.repeats, ray_kwargs=ray_kwargs, label=label)
+                      repeats=a.repeats, ray_kwargs=ray_kwargs, label=label, address=a.address)
         rows += run_isolated("benchmarks.bench_ray:measure", kwargs, timeout_s=a.timeout,
                              label=Measurement(suite="ray", name=label, batch_size=a.batch_size))
     run = BenchRun(machine=machine, measurements=rows, run={
