@@ -222,17 +222,11 @@ def dali_mixed(ctx: Context) -> str:
 
 
 def _onnx_variant(ctx: Context, variant: str) -> Path:
-    if variant not in ctx.art.onnx:
-        from export.api import export_model
-        from export.config import ExportConfig, Precision
+    if variant not in ctx.art.onnx:  # fp16 / int8.trt: made by the project's exporter
+        from fracture_batch.benchmarking.artifacts import ModelArtifacts, export_with_project_exporter
 
-        out = ctx.work / "export"
-        export_model(ExportConfig(checkpoint=ctx.art.checkpoint, out_dir=out, calib_dir=ctx.work / "images",
-                                  precisions=(Precision.FP32, Precision.FP16, Precision.INT8), calib_n=8, parity_n=8))
-        from fracture_batch.benchmarking.artifacts import ModelArtifacts, resolve_artifacts
-
-        exported = resolve_artifacts(out, out)
-        ctx.art = ModelArtifacts(ctx.art.spec, ctx.art.checkpoint, {**ctx.art.onnx, **exported.onnx}, ctx.art.source)
+        files = export_with_project_exporter(ctx.art.checkpoint, ctx.work / "export", ctx.work / "images")
+        ctx.art = ModelArtifacts(ctx.art.spec, ctx.art.checkpoint, {**ctx.art.onnx, **files}, ctx.art.source)
     return ctx.art.onnx[variant]
 
 
