@@ -351,15 +351,20 @@ def test_identifier_modes(models, tmp_path, mode):
         assert secret.encode() not in raw and secret not in text
 
 
-def test_hashed_identifiers_are_stable_across_runs(models, tmp_path):
+def test_hashed_identifiers_are_stable_and_the_salt_stays_secret(models, tmp_path):
     _, onnx_model = models
     inputs = tmp_path / "in"
     _phi_inputs(inputs)
-    tokens = []
-    for run in ("a", "b"):
-        assert _score(inputs, onnx_model, tmp_path / run, "--decode-isolation", "thread").exit_code == 0
-        tokens.append({r["relpath"]: r["dicom_study_instance_uid"] for r in _rows(tmp_path / run)}["study/image.dcm"])
-    assert tokens[0] == tokens[1] and tokens[0]  # joins across nights' runs still work
+    salt = "site-secret-salt-7f3a"
+    tokens = {}
+    for run, extra in (("a", []), ("b", []), ("salted", ["--uid-salt", salt])):
+        result = _score(inputs, onnx_model, tmp_path / run, "--decode-isolation", "thread", *extra)
+        assert result.exit_code == 0, result.output
+        tokens[run] = {r["relpath"]: r["dicom_study_instance_uid"] for r in _rows(tmp_path / run)}["study/image.dcm"]
+    assert tokens["a"] == tokens["b"] and tokens["a"]  # joins across nights' runs still work
+    assert tokens["salted"] != tokens["a"]  # without the salt, a known UID cannot be matched
+    raw, text = _all_output_text(tmp_path / "salted")
+    assert salt.encode() not in raw and salt not in text  # the salt is never recorded
 
 
 def test_non_utf8_file_name_is_one_row_and_resume_does_not_redo_it(models, tmp_path):
