@@ -50,7 +50,7 @@ def one(arch: str, size: int, batch: int, precision: str, warmup: int, repeats: 
     prec = resolve_precision(Device.CPU, precision == "bf16", AmpDtype.BF16, True)
     model = create_model(arch, 2).to(memory_format=torch.channels_last).train()
     head, backbone = set_trainable(model, Unfreeze.ALL)
-    opt = torch.optim.Adam([{"params": head}, {"params": backbone, "lr": 1e-4}], lr=1e-3)
+    opt = torch.optim.Adam([{"params": head}, {"params": backbone, "lr": 1e-4}], lr=1e-3, fused=True)
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 2, (batch,))
     loss_fn = torch.nn.CrossEntropyLoss()

@@ -181,6 +181,8 @@ def test_unfreeze_modes_and_frozen_batchnorm():
     head, backbone = set_trainable(model, None)
     assert len(head) == 2 and backbone == []
     train_mode(model)
+    assert model.bn1.training  # default: frozen layers' BN statistics adapt (seed behaviour)
+    train_mode(model, freeze_bn_stats=True)
     assert not model.bn1.training and model.fc.training  # frozen BN keeps its statistics
     _, l4 = set_trainable(model, Unfreeze.LAYER4)
     _, l34 = set_trainable(model, Unfreeze.LAYER3_PLUS)

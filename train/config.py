@@ -65,6 +65,10 @@ class TrainConfig:
     frozen_epochs: int = 5
     epochs: int = 10
     unfreeze: Unfreeze = Unfreeze.ALL
+    # Batch-norm running statistics of frozen layers: False lets them adapt to the X-rays
+    # (the seed's model.train() with requires_grad=False; essential from random init,
+    # AdaBN-like domain adaptation with ImageNet weights); True keeps them fixed.
+    freeze_bn_stats: bool = False
     batch_size: int = 32
     lr: float = 1e-3  # head (both phases)
     backbone_lr: float = 1e-4  # unfrozen backbone layers, phase 2: lower than the head's

@@ -69,8 +69,8 @@ UNFREEZE_PREFIXES = {
 def set_trainable(model, unfreeze: Unfreeze | None) -> tuple[list, list]:
     """Head always trains; backbone parameters per ``unfreeze`` (None = frozen phase).
 
-    -> (head params, trainable backbone params). Frozen modules are also kept in eval
-    mode by ``train_mode`` so their batch-norm statistics stay fixed too.
+    -> (head params, trainable backbone params). ``train_mode(freeze_bn_stats=True)``
+    also keeps the batch-norm statistics of frozen modules fixed.
     """
     head, backbone = [], []
     prefixes = UNFREEZE_PREFIXES[unfreeze] if unfreeze is not None else ()
@@ -86,9 +86,11 @@ def set_trainable(model, unfreeze: Unfreeze | None) -> tuple[list, list]:
     return head, backbone
 
 
-def train_mode(model) -> None:
-    """model.train(), but modules whose parameters are all frozen stay in eval mode."""
+def train_mode(model, freeze_bn_stats: bool = False) -> None:
+    """model.train(); with ``freeze_bn_stats`` frozen modules stay in eval mode."""
     model.train()
+    if not freeze_bn_stats:
+        return
     for m in model.modules():
         params = list(m.parameters(recurse=False))
         if params and not any(p.requires_grad for p in params):
@@ -138,11 +140,12 @@ def _to_device(batch: dict[str, Any], prec: Precision):
 
 
 def train_one_epoch(model, loader: Iterable, criterion, optimizer, prec: Precision, *, scaler=None,
+                    freeze_bn_stats: bool = False,
                     on_bad: Callable[[list[str]], None] = lambda bad: None,
                     desc: str = "train", progress: bool = True) -> dict[str, float]:
     from tqdm import tqdm
 
-    train_mode(model)
+    train_mode(model, freeze_bn_stats)
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch")
     for batch in bar:

@@ -28,6 +28,9 @@ THRESHOLD_RULES = ("target_sensitivity", "youden", "default")
 @click.option("--epochs", type=int, default=10, help="Phase 2 epochs: backbone unfrozen per --unfreeze (0 skips).")
 @click.option("--unfreeze", type=click.Choice(UNFREEZE), default="all",
               help="Backbone layers trained in phase 2: layer4 only, layer3 and layer4, or all.")
+@click.option("--freeze-bn-stats/--adapt-bn-stats", default=False,
+              help="Batch-norm statistics of frozen layers: keep fixed, or let them adapt to the data "
+                   "(the seed's behaviour; needed from random initialisation).")
 @click.option("--batch-size", type=int, default=32, help="Images per optimisation step.")
 @click.option("--lr", type=float, default=1e-3, help="Adam learning rate of the classification head.")
 @click.option("--backbone-lr", type=float, default=1e-4,
