@@ -42,6 +42,12 @@ def machine_line(m: dict) -> str:
             f"load average at start {', '.join(f'{x:.1f}' for x in m.get('load_average') or [])}")
 
 
+def _decoder_threads(r: Measurement) -> str:
+    t = r.extra.get("threads")
+    split = f"; decode {t.get('decode_workers')} + infer {t.get('intra_op')}" if isinstance(t, dict) else ""
+    return f"{r.extra.get('decoder', '')}{split}"
+
+
 def ok(rows, suite):
     return [r for r in rows if r.suite == suite and r.status == "ok"]
 
@@ -77,6 +83,7 @@ def markdown(run: BenchRun) -> str:
         ("regime", lambda r: r.regime), ("what", lambda r: r.name), ("images", lambda r: str(r.n_images)),
         ("images/s", lambda r: _f(r.images_per_s)), ("x naive", lambda r: _f(r.ratio_vs_naive, "{:.2f}")),
         ("of model-only", lambda r: _pct(r.fraction_of_model_only)), ("bound by", lambda r: r.bound_by),
+        ("decoder, threads", _decoder_threads),
         ("load s", lambda r: _f(r.build_s, "{:.2f}"))])]
     out += ["## Issue 4 figures (small regime)\n", targets_table(rows)]
     skipped = [r for r in rows if r.status in ("skipped", "error")]
