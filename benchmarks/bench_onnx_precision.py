@@ -201,7 +201,25 @@ def to_markdown(result: dict) -> str:
     lines += ["", "Ops onnxruntime runs after its graph optimisers (top 12):", ""]
     for name, ops in result["runtime_graph_ops"].items():
         lines.append(f"- `{name}`: " + ", ".join(f"{k} {v}" for k, v in ops.items()))
+    lines += ["", READING]
     return "\n".join(lines) + "\n"
+
+
+READING = """How to read it:
+- `int8` is fast because every Q/DQ-wrapped Conv becomes one `QLinearConv` (u8 activations x
+  s8 per-channel weights, VNNI dot products, Relu folded into the uint8 range) and the graph
+  runs in NHWC between two Transposes; compare its op list with `int8.trt`, where symmetric
+  int8 activations keep Relu as a float op, so most Convs stay DequantizeLinear -> float Conv ->
+  QuantizeLinear and it runs no faster than fp32 on this CPU (it is for TensorRT only).
+- `fp32.slim` and `fp32.ortopt` are the before/after of offline graph optimisation: onnxruntime
+  applies the same fusions (BN already folded by the exporter, NCHWc blocked layout) at session
+  start, so they change load time, not throughput; export therefore writes the plain graph.
+- `int8.noprep` vs `int8` is the before/after of `quant_pre_process`: on this graph both end up
+  with the same fused ops; export keeps the pre-processing step onnxruntime recommends.
+- `fp16` on the CPU EP runs behind inserted casts (x86 has no fp16 Conv kernels here): it is
+  written for GPUs (TensorRT, CUDA EP) and only checked for accuracy on the CPU.
+- Figures from a shared, loaded machine are noisy in absolute terms; the round-robin timing keeps
+  the ratios comparable. Re-run on a quiet machine for publishable numbers."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -221,7 +239,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="smoke run: 3 rounds, batches 1 and 16")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--name", default="onnx_precision_cpu")
+    p.add_argument("--render", type=Path, metavar="JSON", help="only re-render the markdown of an earlier JSON result")
     args = p.parse_args(argv)
+    if args.render:
+        args.render.with_suffix(".md").write_text(to_markdown(json.loads(args.render.read_text())))
+        return
     if args.quick:
         args.rounds, args.batches, args.calib_n = 3, [1, 16], 16
     if "fp32" not in args.variants:

@@ -34,7 +34,7 @@ def _versions() -> dict[str, str]:
     import onnxruntime
     import torch
 
-    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    return {"torch": str(torch.__version__), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
 def _write_variant(variant: Variant, model, spec: ModelSpec, config: ExportConfig, calib: np.ndarray | None,

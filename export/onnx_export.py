@@ -7,6 +7,8 @@ JSON in ``metadata_props``, weights inline (a ResNet50 is ~100 MB, far below pro
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from pathlib import Path
 
@@ -39,7 +41,9 @@ def export_onnx(module, spec: ModelSpec, path: str | Path, *, opset: int, exampl
 
     example = torch.randn(example_batch, 3, spec.input_size, spec.input_size)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with torch.no_grad():
+    # The exporter prints its progress to stdout; keep it out of the CLI's summary.
+    chatter = io.StringIO()
+    with torch.no_grad(), contextlib.redirect_stdout(chatter):
         program = torch.onnx.export(
             module.eval(),
             (example,),
@@ -50,6 +54,7 @@ def export_onnx(module, spec: ModelSpec, path: str | Path, *, opset: int, exampl
             opset_version=opset,
             verbose=False,
         )
+    log.debug("torch.onnx: %s", chatter.getvalue())
     proto = program.model_proto
     onnx.save_model(proto, str(path), save_as_external_data=False)
     log.info("exported %s (opset %d)", path, opset)

@@ -144,8 +144,10 @@ def describe_qdq(path: str | Path) -> dict[str, object]:
             zp = numpy_helper.to_array(inits[node.input[2]])
             act_types.add(str(zp.dtype))
             zero_points.extend(np.atleast_1d(zp).astype(int).tolist())
-    weight_zp = []
+    weight_zp, int32_bias = [], 0
     for node in dq_nodes:
+        if node.input[0] in inits and inits[node.input[0]].data_type == onnx.TensorProto.INT32:
+            int32_bias += 1
         if node.input[0] in inits and inits[node.input[0]].data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8):
             if len(node.input) > 1 and len(numpy_helper.to_array(inits[node.input[1]]).shape) == 1:
                 per_channel += 1
@@ -158,4 +160,5 @@ def describe_qdq(path: str | Path) -> dict[str, object]:
         "activation_zero_points_all_zero": bool(zero_points) and all(z == 0 for z in zero_points),
         "per_channel_weight_tensors": per_channel,
         "weight_zero_points_all_zero": all(z == 0 for z in weight_zp),
+        "int32_bias_dequantize_nodes": int32_bias,  # TensorRT has no int32 DequantizeLinear
     }

@@ -77,6 +77,8 @@ def test_int8_flavours_have_the_qdq_form_each_runtime_needs(exported):
     assert d["int8"]["activation_dtypes"] == ["uint8"]
     assert d["int8.trt"]["activation_dtypes"] == ["int8"]
     assert d["int8.trt"]["activation_zero_points_all_zero"]
+    assert d["int8.trt"]["int32_bias_dequantize_nodes"] == 0  # bias stays float for TensorRT
+    assert d["int8"]["int32_bias_dequantize_nodes"] > 0  # onnxruntime's QLinearConv takes int32 bias
     for flavour in ("int8", "int8.trt"):
         assert d[flavour]["per_channel_weight_tensors"] >= 20  # resnet18: 20 convs + fc
         assert d[flavour]["weight_zero_points_all_zero"]

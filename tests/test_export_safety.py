@@ -192,3 +192,30 @@ def test_tensorrt_engine_build_and_parity(tmp_path):
     got = engine.run(x).cpu().numpy()
     want = onnx_logits(onnx_path, x)
     assert np.abs(got - want).max() < 5e-2  # fp16 kernels vs ORT's fp32 compute on fp16 weights
+
+
+def test_ctx_invoke_from_another_command_gets_parsed_options(tmp_path, monkeypatch):
+    """`demo` calls export through ctx.invoke, which skips option callbacks and defaults' parsing."""
+    import click
+
+    import export
+    from fracture_batch.cli.export_cmd import export as export_cmd
+
+    seen = {}
+
+    def fake_export(config):
+        seen["config"] = config
+        raise export.ParityError("stop here")
+
+    monkeypatch.setattr(export, "export_model", fake_export)
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"x")
+
+    @click.command()
+    @click.pass_context
+    def caller(ctx):
+        ctx.invoke(export_cmd, checkpoint=ckpt, out_dir=tmp_path / "o", precisions="fp32,int8", data_dir=tmp_path)
+
+    CliRunner().invoke(caller, [])
+    assert [p.value for p in seen["config"].precisions] == ["fp32", "int8"]
+    assert seen["config"].calib_n == 128 and seen["config"].max_batch == 32  # defaults filled in

@@ -64,6 +64,8 @@ def export(checkpoint, out_dir, precisions, data_dir, calib_dir, calib_n, parity
     from export.tensorrt_build import TensorRTUnavailable
     from fracture_batch.models import CheckpointError
 
+    if isinstance(precisions, str):  # ctx.invoke (e.g. from `demo`) skips option callbacks
+        precisions = _parse_precisions(None, None, precisions)
     config = ExportConfig(
         checkpoint=checkpoint,
         out_dir=out_dir,
