@@ -184,11 +184,17 @@ def test_bombs_and_absurd_sizes_become_rows_quickly_in_little_memory(crop_model,
     # be resampled from its source box (preprocess.crop_source_box, DALI's resize ROI).
     Image.new("L", (16, 1_000_000), 128).save(inputs / "strip.png")
     Image.new("L", (1_000_000, 16), 128).save(inputs / "wide.png")
+    # A 3 GB file with a PNG signature (sparse: no disk used), like a stray backup in the
+    # archive: it must not be read into memory whole (DALI's route used to).
+    with open(inputs / "hostile" / "backup.png", "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n")
+        f.truncate(3 << 30)
     out = tmp_path / "out"
 
     usage, elapsed, _ = _score_subprocess(_args(inputs, crop_model, out, decoder=decoder), cap_gb=6)
     rows = {r["relpath"]: r for r in _rows(out)}
-    assert len(rows) == len(bombs) + len(good) + 2
+    assert len(rows) == len(bombs) + len(good) + 3
+    assert rows["hostile/backup.png"]["status"] == "error"
     for name in [p.name for p in good] + ["strip.png", "wide.png"]:
         assert rows[name]["status"] == "ok", rows[name]
     for name, expected in _BOMB_MESSAGES.items():
@@ -202,7 +208,7 @@ def test_bombs_and_absurd_sizes_become_rows_quickly_in_little_memory(crop_model,
     # Peak RSS of the scorer (~300-450 MB: runtimes and model) and of its decode processes
     # (an upper bound that includes the scorer's size at spawn). The smallest bomb's pixels
     # alone would be 2.5 GB (50,000^2 bytes), the DICOM's 8.6 GB, the strips' full-size
-    # intermediates 1.3 GB: 1 GB means none of them was allocated.
+    # intermediates 1.3 GB, the backup file 3 GB: 1 GB means none of them was allocated.
     assert usage["self_mb"] < 1000 and usage["children_mb"] < 1000, usage
     assert elapsed < 180, elapsed  # the whole run, imports and model load included
 
