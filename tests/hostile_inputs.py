@@ -103,6 +103,7 @@ def dicom_bytes(
     pixel_data: bytes | None = None,
     hostile_values: bool = True,
     compress: str | None = None,
+    deflate: bool = False,
 ) -> bytes:
     """An explicit-VR little-endian DICOM image carrying patient PHI, with header values
     overridable independently of the pixel data (``rows``/``columns``/``pixel_data``)."""
@@ -110,10 +111,12 @@ def dicom_bytes(
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
     arr = np.asarray(arr if arr is not None else _ramp16(8, 10))
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian if deflate else ExplicitVRLittleEndian
     ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     ds.file_meta.MediaStorageSOPInstanceUID = SOP_UID
     ds.SOPClassUID = SecondaryCaptureImageStorage
@@ -130,8 +133,10 @@ def dicom_bytes(
         ds.SeriesDescription = HOSTILE_PATH_VALUE + "/series"
         ds.StudyDescription = "/etc/passwd"
         ds.StudyID = HOSTILE_PATH_VALUE
-    ds.Rows = rows if rows is not None else arr.shape[0]
-    ds.Columns = columns if columns is not None else arr.shape[1]
+    if arr.ndim == 3:  # (frames, H, W)
+        ds.NumberOfFrames = arr.shape[0]
+    ds.Rows = rows if rows is not None else arr.shape[-2]
+    ds.Columns = columns if columns is not None else arr.shape[-1]
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated = 16
@@ -201,13 +206,19 @@ def seeds() -> dict[str, bytes]:
     save("gray8.tif", Image.fromarray(gray), format="TIFF")
     save("lzw16.tif", Image.fromarray(gray.astype(np.uint16) * 257), format="TIFF", compression="tiff_lzw")
     out["pages.tif"] = tiff_many_pages(3)
+    save("gray.gif", Image.fromarray(gray), format="GIF")
+    save("gray.webp", Image.fromarray(gray), format="WEBP", lossless=True)
     out["plain.dcm"] = dicom_bytes(hostile_values=False)
-    try:
-        from pydicom.uid import RLELossless
+    out["frames.dcm"] = dicom_bytes(np.stack([_ramp16(8, 10)] * 3), hostile_values=False)
+    out["deflate.dcm"] = dicom_bytes(hostile_values=False, deflate=True)
+    from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-        out["rle.dcm"] = dicom_bytes(hostile_values=False, compress=RLELossless)
-    except Exception:  # encoder unavailable: the other seeds still run
-        pass
+    for name, uid, arr in (("rle.dcm", RLELossless, None), ("jpegls.dcm", JPEGLSLossless, None),
+                           ("j2k.dcm", JPEG2000Lossless, _ramp16(32, 32))):
+        try:
+            out[name] = dicom_bytes(arr, hostile_values=False, compress=uid)
+        except Exception:  # encoder plugin unavailable: the other seeds still run
+            pass
     return out
 
 
@@ -305,7 +316,8 @@ def dicom_fields(data: bytes) -> list[tuple[int, int, str, str]]:
 
 def fields_for(name: str, data: bytes) -> list[tuple[int, int, str, str]]:
     suffix = name.rsplit(".", 1)[-1]
-    finder = {"png": png_fields, "jpg": jpeg_fields, "bmp": bmp_fields, "tif": tiff_fields, "dcm": dicom_fields}[suffix]
+    finder = {"png": png_fields, "jpg": jpeg_fields, "bmp": bmp_fields, "tif": tiff_fields,
+              "dcm": dicom_fields}.get(suffix, lambda _: [])
     try:
         return finder(data)
     except struct.error:
