@@ -92,8 +92,12 @@ def build_engine(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_bytes)
     cache_path = settings.timing_cache
     cache_bytes = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
+    try:
+        cache = config.create_timing_cache(cache_bytes)
+        cache_ok = config.set_timing_cache(cache, ignore_mismatch=False)
+    except Exception:  # a cache file from another TensorRT version may not even parse
+        cache_ok = False
+    if not cache_ok:
         # A cache from another GPU/TensorRT is rejected: start an empty one instead.
         log.warning("timing cache %s does not match this GPU/TensorRT; starting a new one", cache_path)
         cache = config.create_timing_cache(b"")
@@ -116,7 +120,8 @@ def build_engine(
         f.write(serialized)
     tmp.replace(engine_path)
     if cache_path:
-        cache_path.write_bytes(memoryview(config.get_timing_cache().serialize()))
+        # The build added its new tactic timings to the attached cache: keep them.
+        cache_path.write_bytes(memoryview(cache.serialize()))
 
     sidecar = EngineSidecar(
         tensorrt_version=trt.__version__,
