@@ -33,6 +33,16 @@ def _cfg(inputs, model, out, **kw) -> ScoreConfig:
     return ScoreConfig(inputs=tuple(str(i) for i in inputs), model=str(model), out=str(out), **base)
 
 
+def _snapshot(root) -> dict[str, tuple[int, int]]:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            out[p] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
 def _read(out):
     return ds.dataset(str(out), format="parquet").to_table()
 
@@ -41,7 +51,11 @@ def test_one_row_per_file_with_required_columns_and_spec(models, tmp_path):
     _, onnx_path = models
     good = modelgen.write_images(tmp_path / "in" / "a", 12, formats=("png", "png16", "jpeg", "bmp", "tiff"))
     bad = modelgen.write_bad_inputs(tmp_path / "in" / "bad")
+    before = _snapshot(tmp_path) | _snapshot(onnx_path.parent)
     s = score(_cfg([tmp_path / "in"], onnx_path, tmp_path / "out"))
+    after = _snapshot(tmp_path) | _snapshot(onnx_path.parent)
+    written = {p for p in set(after) - set(before) if not p.startswith(str(tmp_path / "out"))}
+    assert written == set() and all(after[p] == before[p] for p in before)  # nothing outside --out
     t = _read(tmp_path / "out")
     n_files = len(good) + len(bad) + 1  # write_bad_inputs also writes one good image
     assert t.num_rows == n_files == s.files_seen == s.scored
