@@ -21,14 +21,14 @@ from fracture_batch.synth.writers import DEFAULT_FORMATS, ImageFormat
 @click.option("--format", "formats", type=click.Choice([f.value for f in ImageFormat]), multiple=True,
               default=[f.value for f in DEFAULT_FORMATS],
               help="File formats, in equal shares within every split and class (repeat the option).")
-@click.option("--subtle-fraction", type=click.FloatRange(0.0, 1.0), default=0.15,
+@click.option("--subtle-fraction", type=click.FloatRange(0.0, 1.0), default=0.1,
               help="Share of fractures drawn as hairline, undisplaced lines (harder to see).")
 @click.option("--workers", type=click.IntRange(1), default=min(2, os.cpu_count() or 1),
               help="Threads rendering and encoding images.")
 @click.option("--contact-sheet/--no-contact-sheet", default=True,
               help="Write OUT_DIR/contact_sheet.png: decoded samples with their labels.")
 def synth(out_dir: Path, n: int, size: int | None, seed: int, formats: tuple[str, ...] = (),
-          subtle_fraction: float = 0.15, workers: int = 1, contact_sheet: bool = True) -> None:
+          subtle_fraction: float = 0.1, workers: int = 1, contact_sheet: bool = True) -> None:
     """Write seeded radiograph-like limb images to OUT_DIR/{train,val,test}/{fractured,not_fractured}/.
 
     Long bones in soft tissue with film grain and exposure, rotation and scale changes;
@@ -62,9 +62,17 @@ def synth(out_dir: Path, n: int, size: int | None, seed: int, formats: tuple[str
 
 
 def _echo_table(rows: list[tuple[str, str, str, int]]) -> None:
-    header = ("split", "class", "format", "images")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
-    line = "  ".join(f"{{:<{w}}}" for w in widths[:3]) + f"  {{:>{widths[3]}}}"
-    click.echo(line.format(*header))
-    for row in rows:
-        click.echo(line.format(*row))
+    """Images per split and class (rows) and format (columns)."""
+    formats = sorted({r[2] for r in rows})
+    cells: dict[tuple[str, str], dict[str, int]] = {}
+    for split, label, fmt, count in rows:
+        cells.setdefault((split, label), {})[fmt] = count
+    header = ["split", "class", *formats, "total"]
+    body = [[split, label, *(str(c.get(f, 0)) for f in formats), str(sum(c.values()))]
+            for (split, label), c in sorted(cells.items(), key=lambda kv: (_SPLIT_ORDER.get(kv[0][0], 9), kv[0]))]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    for row in [header, *body]:
+        click.echo("  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))))
+
+
+_SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}

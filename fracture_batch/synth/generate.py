@@ -43,7 +43,7 @@ class SynthConfig:
     seed: int = 0
     size_range: tuple[int, int] = DEFAULT_SIZE_RANGE  # each side drawn independently, pixels
     formats: tuple[ImageFormat, ...] = DEFAULT_FORMATS
-    subtle_fraction: float = 0.15  # share of fractures drawn as hairline, undisplaced lines
+    subtle_fraction: float = 0.1  # share of fractures drawn as hairline, undisplaced lines
     split_ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)
     workers: int = 1
 
@@ -130,7 +130,7 @@ def generate_corpus(
     formats: Iterable[ImageFormat | str] = (ImageFormat.PNG8, ImageFormat.JPEG),
     seed: int = 0,
     fractured_fraction: float = 0.5,
-    subtle_fraction: float = 0.15,
+    subtle_fraction: float = 0.1,
     workers: int = 1,
     manifest: str | Path | None = None,
     progress: Callable[[int], None] | None = None,
@@ -168,7 +168,7 @@ def generate_archive(
     h, w = shape
     shape_range = ((round(h * 0.96), round(h * 1.04)), (round(w * 0.96), round(w * 1.04)))
     return _flat(out_dir, n, seed, tuple(ImageFormat(f) for f in formats), shape_range,
-                 fractured_fraction, 0.15, workers, manifest, progress, namespace=3000)
+                 fractured_fraction, 0.1, workers, manifest, progress, namespace=3000)
 
 
 def _flat(out_dir, n, seed, formats, shape_range, fractured_fraction, subtle_fraction, workers, manifest,
