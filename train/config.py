@@ -54,6 +54,13 @@ class AmpDtype(str, enum.Enum):
     FP16 = "fp16"
 
 
+class Loader(str, enum.Enum):
+    """Training input pipeline; evaluation always uses the scorer's Python preprocessing."""
+
+    TORCH = "torch"  # DataLoader workers: decode_file + torchvision augmentation
+    DALI = "dali"  # NVIDIA DALI: GPU decode + augmentation on CUDA (CPU operators otherwise)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     data_dir: Path
@@ -80,6 +87,7 @@ class TrainConfig:
     imbalance: Imbalance = Imbalance.WEIGHTED_LOSS
     augment: bool = True
     cache: bool = False  # keep decoded, downsized images in memory (small datasets)
+    loader: Loader = Loader.TORCH
     num_workers: int = 2
     seed: int = 0
     device: Device = Device.AUTO
@@ -101,6 +109,8 @@ class TrainConfig:
             raise ValueError("image_size must be at least 32 pixels")
         if not 0.0 < self.target_sensitivity <= 1.0:
             raise ValueError("target_sensitivity must be in (0, 1]")
+        if self.loader is Loader.DALI and self.imbalance is Imbalance.SAMPLER:
+            raise ValueError("--loader dali shuffles itself: use --imbalance weighted_loss or none")
         if self.batch_size < 2:
             raise ValueError("batch_size must be at least 2 (batch norm needs it)")
 
@@ -118,7 +128,8 @@ class TrainConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
         types = {f.name: f.type for f in dataclasses.fields(cls)}
         enums = {"resize_mode": ResizeMode, "unfreeze": Unfreeze, "imbalance": Imbalance,
-                 "threshold_rule": ThresholdRule, "device": Device, "amp_dtype": AmpDtype}
+                 "threshold_rule": ThresholdRule, "device": Device, "amp_dtype": AmpDtype,
+                 "loader": Loader}
         kw: dict[str, Any] = {}
         for k, v in d.items():
             if k not in types:

@@ -22,7 +22,7 @@ import numpy as np
 from fracture_batch.spec import ModelSpec, ThresholdMethod
 from train import data as D
 from train.calibration import choose_threshold, fit_temperature
-from train.config import Imbalance, ThresholdRule, TrainConfig
+from train.config import Imbalance, Loader, ThresholdRule, TrainConfig
 from train.loops import (EarlyStopping, Precision, resolve_precision, set_trainable, train_one_epoch,
                          evaluate)
 from train.metrics import curves, evaluate_predictions
@@ -188,6 +188,15 @@ def fit(config: TrainConfig, *, resume: bool = False,
         history: list[dict[str, Any]] = list(state["history"]) if state else []
         phase_results: dict[str, Any] = dict(state["phase_results"]) if state else {}
         timings: list[dict[str, Any]] = list(state.get("timings", [])) if state else []
+        dali_loader = None
+        if config.loader is Loader.DALI:
+            from train.dali_loader import DaliTrainLoader
+
+            # Built once: DALI owns shuffling and augmentation (seeded, but a resumed run
+            # is not bit-identical to an uninterrupted one, unlike the torch loader).
+            dali_loader = DaliTrainLoader(data.samples["train"], data.datasets["train"].spec,
+                                          batch_size=config.batch_size, seed=config.seed,
+                                          num_threads=max(1, config.num_workers), device=prec.device)
         global_epoch = 0
         for phase, n_epochs in _phase_epochs(config):
             if phase in phase_results:
@@ -212,7 +221,7 @@ def fit(config: TrainConfig, *, resume: bool = False,
                     break
                 ep_seed = config.seed * 100_003 + global_epoch + epoch
                 torch.manual_seed(ep_seed)  # main-process augmentation when num_workers=0
-                loader = D.create_loader(
+                loader = dali_loader or D.create_loader(
                     data.datasets["train"], batch_size=config.batch_size, shuffle=True, seed=ep_seed,
                     num_workers=config.num_workers, sampler_weights=sampler_w,
                     drop_last=len(data.samples["train"]) > config.batch_size)

@@ -47,6 +47,10 @@ THRESHOLD_RULES = ("target_sensitivity", "youden", "default")
               help="Training augmentation: random resized crop, flip, rotation ±10°, brightness/contrast.")
 @click.option("--cache/--no-cache", default=False,
               help="Decode every image once and keep it, downsized, in memory (fast for small data sets).")
+@click.option("--loader", type=click.Choice(["torch", "dali"]), default="torch",
+              help="Training input pipeline: PyTorch DataLoader workers, or NVIDIA DALI (GPU decode and "
+                   "augmentation on CUDA; raster formats only, no DICOM). Evaluation always uses the "
+                   "scorer's preprocessing.")
 @click.option("--num-workers", type=int, default=2, help="Data-loader worker processes that decode images.")
 @click.option("--seed", type=int, default=0, help="Seed: two CPU runs with the same seed give identical metrics.json.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
