@@ -83,7 +83,10 @@ def load_checkpoint(path: str | Path, *, map_location: str = "cpu"):
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
     if not isinstance(payload, dict) or "spec" not in payload or "state_dict" not in payload:
         raise CheckpointError(f"{path} is not a fracture-batch checkpoint (no spec/state_dict)")
-    spec = ModelSpec.from_dict(payload["spec"])
+    try:
+        spec = ModelSpec.from_dict(payload["spec"])
+    except (TypeError, ValueError, KeyError) as exc:  # a spec from another site may be anything
+        raise CheckpointError(f"{path} has an invalid model spec: {exc}") from None
     model = create_model(spec.arch, spec.num_classes)
     model.load_state_dict(payload["state_dict"])
     model.eval()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -34,6 +35,9 @@ class ThresholdMethod(str, enum.Enum):
     DEFAULT = "default"  # 0.5 on the calibrated probability
     TARGET_SENSITIVITY = "target_sensitivity"
     YOUDEN = "youden"
+
+
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 4096  # bounds on input_size / resize_size (pixels)
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,14 @@ class ModelSpec:
             raise ValueError(f"positive_class {self.positive_class!r} not in {self.class_names}")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
+        # A spec may come from another site's model file, and these sizes decide how much
+        # memory every decoded image takes: 60,000 would mean 14 GB per input tensor.
+        for name in ("input_size", "resize_size"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or not MIN_INPUT_SIZE <= value <= MAX_INPUT_SIZE:
+                raise ValueError(f"{name} must be an integer in [{MIN_INPUT_SIZE}, {MAX_INPUT_SIZE}], got {value!r}")
+        if not 0.0 <= self.threshold <= 1.0:  # NaN fails too
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold!r}")
 
     @property
     def positive_index(self) -> int:

@@ -134,6 +134,38 @@ def test_onnx_external_data_outside_its_folder_is_refused(tmp_path, location):
     assert "outside" in result.output or "absolute" in result.output
 
 
+@pytest.mark.parametrize("kind", ["onnx", "checkpoint"])
+def test_model_spec_that_would_size_every_tensor_absurdly_is_refused_at_load(models, tmp_path, kind):
+    # A spec saying input_size 60,000 would make each preprocessed input 14 GB before the
+    # runtime ever compared it with the graph. The model must be refused before any input.
+    import onnx
+    import torch
+
+    from fracture_batch.spec import SPEC_METADATA_KEY
+
+    ckpt, onnx_model = models
+    if kind == "onnx":
+        proto = onnx.load(str(onnx_model))
+        for prop in proto.metadata_props:
+            if prop.key == SPEC_METADATA_KEY:
+                spec = json.loads(prop.value)
+                spec["input_size"] = 60_000
+                prop.value = json.dumps(spec)
+        evil = tmp_path / "huge.onnx"
+        onnx.save(proto, str(evil))
+    else:
+        payload = torch.load(ckpt, weights_only=True)
+        payload["spec"]["input_size"] = 60_000
+        evil = tmp_path / "huge.pt"
+        torch.save(payload, evil)
+    images = tmp_path / "in"
+    modelgen.write_images(images, 1)
+    result = _score(images, evil, tmp_path / "out")
+    assert result.exit_code != 0
+    assert "input_size must be an integer in [8, 4096], got 60000" in result.output, result.output
+    assert not sink.committed_parts(tmp_path / "out")
+
+
 def test_onnx_external_data_inside_its_folder_is_accepted_by_the_check(tmp_path):
     # The other side of the refusal above: the check is about where, not about external data.
     from fracture_batch.onnx_meta import check_external_data_safe
