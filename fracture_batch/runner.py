@@ -165,7 +165,13 @@ def _score_locked(cfg, roots, out: Path, started: float, on_progress, on_start) 
     summary.finished_at = _iso(time.time())
     payload = summary.to_dict() | {"spec": predictor.spec.to_dict(), "versions": _versions(),
                                    "model": str(predictor.model_path), "model_sha256": predictor.model_sha256}
-    sink.write_success(out, payload)
+    try:
+        sink.write_success(out, payload)
+    except OSError as exc:  # e.g. the disk filled up just now: every row is committed already
+        raise sink.SinkError(
+            f"all rows are committed, but {sink.SUCCESS_NAME} could not be written in {out}: "
+            f"{exc.strerror or exc}; free space and re-run the same command to write it"
+        ) from None
     return summary
 
 

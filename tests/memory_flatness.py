@@ -1,6 +1,6 @@
 """Peak resident memory of `fracture-batch score` for N and 10*N files (not a pytest test).
 
-    .venv/bin/python tests/memory_flatness.py --n 300 --size 64
+    .venv/bin/python tests/memory_flatness.py --n 1000 --size 64
 
 Builds the tiny test model (resnet18, 64 px) and N / 10*N small PNG/JPEG files, runs the
 real CLI in a subprocess for each, samples the RSS of the whole process tree (scorer +
@@ -55,7 +55,7 @@ def run(cmd: list[str]) -> tuple[float, float, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--n", type=int, default=1000, help="small run; the large one is 10x. Below ~1000 the small run ends before the arenas warm up")
     ap.add_argument("--size", type=int, default=64, help="image side in pixels")
     ap.add_argument("--isolation", default="thread", choices=["thread", "process"])
     ap.add_argument("--part-rows", type=int, default=200)

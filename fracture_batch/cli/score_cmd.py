@@ -7,6 +7,8 @@ import sys
 import click
 
 from fracture_batch.backends.base import BackendKind, DeviceKind
+from fracture_batch.decoders import DecoderKind, IdentifierMode
+from fracture_batch.runner_support import DecodeIsolation
 
 
 def _choice(enum_cls) -> click.Choice:
@@ -23,18 +25,19 @@ def _choice(enum_cls) -> click.Choice:
               help="Inference backend. auto: chosen from the model file type and the device, and printed.")
 @click.option("--device", type=_choice(DeviceKind), default="auto",
               help="auto: CUDA when a GPU and a CUDA-capable backend are present, else CPU.")
-@click.option("--decoder", type=click.Choice(["auto", "dali", "python"]), default="auto",
+@click.option("--decoder", type=_choice(DecoderKind), default="auto",
               help="Decoder family. auto: DALI on a GPU, the Python decoders (PIL/pydicom) on CPU.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, help="Images per inference batch.")
 @click.option("--decode-workers", type=click.IntRange(0), default=0,
               help="Decode workers (0: a quarter of the cores, at least 1; the rest go to inference).")
 @click.option("--intra-op-threads", type=click.IntRange(0), default=0,
               help="Inference threads (0: the cores not used by decode workers).")
-@click.option("--decode-isolation", type=click.Choice(["process", "thread"]), default="process",
+@click.option("--decode-isolation", type=_choice(DecodeIsolation), default="process",
               help="process: each decode worker uses a child process, so --decode-timeout is enforced by "
                    "killing it. thread: decode in threads (less overhead, no hard timeout).")
 @click.option("--decode-timeout", type=click.FloatRange(min=0.1), default=60.0,
-              help="Seconds one file may take to decode before it becomes an error row (process isolation).")
+              help="Seconds one file may take to decode before it becomes an error row. Enforced with "
+                   "--decode-isolation process only (a thread cannot be stopped).")
 @click.option("--part-rows", type=click.IntRange(1), default=5000,
               help="Rows per Parquet part; a part is committed atomically (temp name, fsync, rename).")
 @click.option("--part-seconds", type=click.FloatRange(min=0.0), default=60.0,
@@ -44,9 +47,10 @@ def _choice(enum_cls) -> click.Choice:
 @click.option("--overwrite", is_flag=True, help="Remove this tool's existing parts in --out and start again.")
 @click.option("--max-pixels", type=click.IntRange(1), default=100_000_000,
               help="Refuse (error row) images with more pixels than this: protects memory from decode bombs.")
-@click.option("--dicom-ids", type=click.Choice(["hash", "keep", "drop"]), default="hash",
-              help="DICOM Study/Series/SOP Instance UIDs in the output: hash (salted SHA-256, joinable, "
-                   "not traceable without the salt), keep (as is: identifiers leave the site), drop.")
+@click.option("--dicom-ids", type=_choice(IdentifierMode), default="hash",
+              help="DICOM Study/Series/SOP Instance UIDs in the output: hash (SHA-256 of salt + UID: "
+                   "joinable across runs, raw UIDs stay at the site), keep (as is), drop. Patient name, "
+                   "ID and birth date are never written.")
 @click.option("--uid-salt", default="", envvar="FRACTURE_BATCH_UID_SALT", show_default=False,
               help="Salt for --dicom-ids hash (or env FRACTURE_BATCH_UID_SALT); same salt, same tokens.")
 @click.option("--amp", is_flag=True, help="torch backend: autocast (bf16 on CPU, fp16 on CUDA).")
@@ -66,7 +70,6 @@ def score(inputs, model, out, backend, device, decoder, batch_size, decode_worke
     from fracture_batch.backends import BackendError
     from fracture_batch.cli.score_report import ProgressBar, format_summary, start_line
     from fracture_batch.runner import ScoreAborted, ScoreConfig, score as run_score
-    from fracture_batch.runner_support import DecodeIsolation
     from fracture_batch.sink import SinkError
 
     cfg = ScoreConfig(
