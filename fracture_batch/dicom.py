@@ -200,14 +200,34 @@ def _frames(ds) -> int:
         return 1
 
 
+_NOT_GDCM = ("pylibjpeg", "pyjpegls", "pillow", "pydicom")  # preference order
+
+
+def _decoding_plugin(ds) -> str:
+    """python-gdcm aborts the whole process (an uncaught C++ exception, SIGABRT) on some
+    corrupt codestreams (a JPEG-LS frame longer than Rows x Columns, found by
+    tests/test_fuzz.py): use another available plugin for the transfer syntax, and gdcm
+    only where it is the only decoder (JPEG lossless / extended). "" = pydicom's choice."""
+    from pydicom.pixels import get_decoder
+
+    try:
+        plugins = get_decoder(ds.file_meta.TransferSyntaxUID).available_plugins
+    except Exception:  # uncompressed, unknown or missing transfer syntax
+        return ""
+    if "gdcm" not in plugins:
+        return ""
+    return next((p for p in _NOT_GDCM if p in plugins), "")
+
+
 def _frame0(ds, path: Path, forced: bool) -> np.ndarray:
     from pydicom.pixels import pixel_array
 
     try:
+        plugin = _decoding_plugin(ds)
         if _frames(ds) > 1 and not forced:
             # From the path, so only frame 0's bytes are read for uncompressed data.
-            return pixel_array(str(path), index=0)
-        return pixel_array(ds, index=0)  # frame 0 only is decoded
+            return pixel_array(str(path), index=0, decoding_plugin=plugin)
+        return pixel_array(ds, index=0, decoding_plugin=plugin)  # frame 0 only is decoded
     except MemoryError:
         raise DecodeError("out of memory decoding DICOM pixel data") from None
     except Exception as exc:  # missing plugin, corrupt codestream, inconsistent header
