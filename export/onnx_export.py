@@ -41,9 +41,10 @@ def export_onnx(module, spec: ModelSpec, path: str | Path, *, opset: int, exampl
 
     example = torch.randn(example_batch, 3, spec.input_size, spec.input_size)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    # The exporter prints its progress to stdout; keep it out of the CLI's summary.
+    # The exporter prints its progress to stdout and its graph passes log every rewrite at
+    # INFO; keep both out of the CLI's summary (debug logging still shows them).
     chatter = io.StringIO()
-    with torch.no_grad(), contextlib.redirect_stdout(chatter):
+    with torch.no_grad(), contextlib.redirect_stdout(chatter), _quiet_loggers("onnx_ir", "onnxscript"):
         program = torch.onnx.export(
             module.eval(),
             (example,),
@@ -59,6 +60,20 @@ def export_onnx(module, spec: ModelSpec, path: str | Path, *, opset: int, exampl
     onnx.save_model(proto, str(path), save_as_external_data=False)
     log.info("exported %s (opset %d)", path, opset)
     return Path(path)
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str):
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        if not log.isEnabledFor(logging.DEBUG):
+            lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def stamp_and_check(path: str | Path, spec: ModelSpec, variant: str) -> None:

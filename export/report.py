@@ -75,10 +75,10 @@ class ExportReport:
                 f"{v.variant:<9} {Path(v.path).name:<22} {v.size_bytes / 1e6:>6.1f} {p.max_abs_diff:>9.2e} "
                 f"{p.mean_abs_diff:>9.2e} {p.agreement:>7.2%} {auc:>7}  {result}"
             )
-        lines.append(
-            f"parity on {self.heldout['n']} held-out images ({self.heldout['source']}); "
-            f"int8 calibrated on {self.calibration['n']} others ({self.calibration['source']})"
-        )
+        line = f"parity on {self.heldout['n']} held-out images ({self.heldout['source']})"
+        if any(v.variant.startswith("int8") for v in self.variants):
+            line += f"; int8 calibrated on {self.calibration['n']} others ({self.calibration['source']})"
+        lines.append(line)
         if self.engine:
             lines.append(f"TensorRT engine: {self.engine.path} ({self.engine.precision}, built in {self.engine.build_seconds:.0f}s)")
         return "\n".join(lines)
