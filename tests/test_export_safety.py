@@ -219,3 +219,37 @@ def test_ctx_invoke_from_another_command_gets_parsed_options(tmp_path, monkeypat
     CliRunner().invoke(caller, [])
     assert [p.value for p in seen["config"].precisions] == ["fp32", "int8"]
     assert seen["config"].calib_n == 128 and seen["config"].max_batch == 32  # defaults filled in
+
+
+def _pngs(folder: Path, n: int) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(np.full((8, 8), 40 * (i % 6), np.uint8)).save(folder / f"{i:02d}.png")
+
+
+def test_calib_dir_alone_is_split_into_disjoint_parts(tmp_path):
+    from export.config import ExportConfig
+    from export.images import resolve_image_sets
+
+    _pngs(tmp_path / "imgs" / "fractured", 5)
+    _pngs(tmp_path / "imgs" / "misc", 5)  # not a class name: label unknown
+    config = ExportConfig(checkpoint=tmp_path / "m.pt", out_dir=tmp_path / "o", calib_dir=tmp_path / "imgs", calib_n=8)
+    calib, held = resolve_image_sets(config, ModelSpec())
+    assert len(calib) == 5 and len(held) == 5  # calibration never takes more than half
+    assert not set(calib.paths) & set(held.paths)
+    assert not held.labelled  # parity still runs; ROC AUC is reported as n/a
+
+
+def test_data_dir_without_val_calibrates_on_train_and_checks_on_test(tmp_path):
+    from export.config import ExportConfig
+    from export.images import resolve_image_sets
+
+    for split in ("train", "test"):
+        for cls in ("fractured", "not_fractured"):
+            _pngs(tmp_path / "data" / split / cls, 3)
+    config = ExportConfig(checkpoint=tmp_path / "m.pt", out_dir=tmp_path / "o", data_dir=tmp_path / "data")
+    calib, held = resolve_image_sets(config, ModelSpec())
+    assert all("/train/" in str(p) for p in calib.paths) and all("/test/" in str(p) for p in held.paths)
+    assert held.labelled and sorted(held.labels) == [0, 0, 0, 1, 1, 1]
