@@ -171,7 +171,7 @@ def _build_tensorrt(report: ExportReport, config: ExportConfig, spec: ModelSpec,
     settings = BuildSettings(
         max_batch=config.max_batch,
         workspace_bytes=int(config.workspace_gb * (1 << 30)),
-        timing_cache=config.timing_cache or out_dir / "trt_timing.cache",
+        timing_cache=config.timing_cache,
     )
     try:
         sidecar = build_engine(onnx_path, engine_path, spec, variant.precision.value, settings)

@@ -73,7 +73,7 @@ class ExportConfig:
     trt_precision: Precision | None = None  # default: the lowest precision exported
     max_batch: int = 32
     workspace_gb: float = 4.0
-    timing_cache: Path | None = None  # default: OUT_DIR/trt_timing.cache
+    timing_cache: Path | None = None  # default: one per GPU + TensorRT version in ~/.cache/fracture-batch
     # ORT graph optimisation of the int8 file (quant_pre_process); see quantize.py.
     preprocess_for_quant: bool = True
 

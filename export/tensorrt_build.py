@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,7 @@ class TensorRTUnavailable(Exception):
 class BuildSettings:
     max_batch: int = 32
     workspace_bytes: int = 4 << 30
-    timing_cache: Path | None = None
+    timing_cache: Path | None = None  # None: default_timing_cache()
     device_id: int = 0
 
 
@@ -65,6 +67,14 @@ def current_gpu(device_id: int = 0) -> GpuInfo:
     return GpuInfo(torch.cuda.get_device_name(device_id), f"{major}.{minor}")
 
 
+def default_timing_cache(gpu: GpuInfo, tensorrt_version: str) -> Path:
+    """One cache per GPU model and TensorRT version in the user's cache folder, so every
+    build on this machine (any model, any --out) reuses the tactic timings of the last."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fracture-batch"
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{gpu.name}-sm{gpu.compute_capability}-trt{tensorrt_version}")
+    return base / f"tensorrt-timing-{slug}.cache"
+
+
 def optimisation_batches(max_batch: int) -> tuple[int, int, int]:
     """(min, opt, max): TensorRT tunes kernels for opt, so put it mid-range."""
     return 1, max(1, (max_batch + 1) // 2), max_batch
@@ -90,8 +100,9 @@ def build_engine(
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_bytes)
-    cache_path = settings.timing_cache
-    cache_bytes = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
+    cache_path = settings.timing_cache or default_timing_cache(gpu, trt.__version__)
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
     try:
         cache = config.create_timing_cache(cache_bytes)
         cache_ok = config.set_timing_cache(cache, ignore_mismatch=False)
@@ -119,9 +130,8 @@ def build_engine(
     with open(tmp, "wb") as f:
         f.write(serialized)
     tmp.replace(engine_path)
-    if cache_path:
-        # The build added its new tactic timings to the attached cache: keep them.
-        cache_path.write_bytes(memoryview(cache.serialize()))
+    # The build added its new tactic timings to the attached cache: keep them.
+    cache_path.write_bytes(memoryview(cache.serialize()))
 
     sidecar = EngineSidecar(
         tensorrt_version=trt.__version__,
@@ -139,7 +149,7 @@ def build_engine(
         spec=spec.to_dict(),
         built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         build_seconds=round(seconds, 2),
-        extra={"workspace_bytes": settings.workspace_bytes, "strongly_typed": True},
+        extra={"workspace_bytes": settings.workspace_bytes, "strongly_typed": True, "timing_cache": str(cache_path)},
     )
     write_sidecar(engine_path, sidecar)
     log.info("wrote %s in %.1fs", engine_path, seconds)

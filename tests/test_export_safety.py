@@ -253,3 +253,13 @@ def test_data_dir_without_val_calibrates_on_train_and_checks_on_test(tmp_path):
     calib, held = resolve_image_sets(config, ModelSpec())
     assert all("/train/" in str(p) for p in calib.paths) and all("/test/" in str(p) for p in held.paths)
     assert held.labelled and sorted(held.labels) == [0, 0, 0, 1, 1, 1]
+
+
+def test_engine_profile_and_timing_cache_defaults(tmp_path, monkeypatch):
+    from export.tensorrt_build import default_timing_cache, optimisation_batches
+
+    assert optimisation_batches(32) == (1, 16, 32) and optimisation_batches(1) == (1, 1, 1)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    a = default_timing_cache(GpuInfo("NVIDIA L4", "8.9"), "10.13.0.35")
+    b = default_timing_cache(GpuInfo("NVIDIA A100-SXM4-40GB", "8.0"), "10.13.0.35")
+    assert a.parent == tmp_path / "fracture-batch" and a != b  # shared across builds, not across GPUs

@@ -51,7 +51,8 @@ def _parse_precisions(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--workspace-gb", default=4.0, show_default=True, type=click.FloatRange(min=0.25),
               help="TensorRT builder workspace memory limit.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path),
-              help="TensorRT timing cache file, reused across builds. Default: OUT/trt_timing.cache.")
+              help="TensorRT timing cache file, reused across builds. Default: one per GPU model and "
+                   "TensorRT version under ~/.cache/fracture-batch/.")
 @click.option("--opset", default=18, show_default=True, type=click.IntRange(min=17),
               help="ONNX opset of the exported graphs.")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
