@@ -60,3 +60,16 @@ def test_measure_time_budget_stops_after_min_repeats():
 def test_measure_rejects_zero_repeats():
     with pytest.raises(ValueError):
         measure(lambda: None, repeats=0)
+
+
+def test_measure_warmup_stops_early_when_over_budget_but_runs_once():
+    import time
+
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.02)
+
+    times = measure(slow, warmup=5, repeats=3, min_repeats=3, max_seconds=0.01)
+    assert len(times) == 3 and len(calls) == 4  # one warm-up call (over budget), then 3 timed

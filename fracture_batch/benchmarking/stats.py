@@ -67,14 +67,20 @@ def measure(
 ) -> list[float]:
     """Time ``fn`` ``repeats`` times after ``warmup`` untimed calls; seconds per call.
 
-    ``max_seconds`` bounds the timed phase (after ``min_repeats``) so one slow
+    ``max_seconds`` bounds the timed phase (after ``min_repeats``; warm-up to half of it,
+    after one call) so one slow
     configuration (ResNet50 at batch 128 on 2 cores is seconds per call) cannot eat the
     whole benchmark budget; the number actually run is ``len(result)``.
     """
     if repeats < 1 or min_repeats < 1:
         raise ValueError("repeats and min_repeats must be >= 1")
+    warm_start = time.perf_counter()
     for _ in range(max(0, warmup)):
         fn()
+        # One warm-up call always; more only while within the budget (a 40 s call at
+        # batch 128 is warm after one run, and a second would only burn the budget).
+        if max_seconds is not None and time.perf_counter() - warm_start > max_seconds / 2:
+            break
     if sync is not None:
         sync()
     times: list[float] = []
