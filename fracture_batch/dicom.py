@@ -219,11 +219,50 @@ def _decoding_plugin(ds) -> str:
     return next((p for p in _NOT_GDCM if p in plugins), "")
 
 
+_GDCM_ONLY_JPEG = {"1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"}
+_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _check_jpeg_frame_header(ds) -> None:
+    """python-gdcm, the only decoder here for JPEG extended / lossless, aborts the process
+    on a codestream that contradicts the DICOM header (Bits Allocated 32 over 13-bit JPEG
+    lossless; found by tests/test_fuzz.py). Compare frame 0's SOF with the header first."""
+    from pydicom.encaps import generate_fragmented_frames
+
+    frame = next(generate_fragmented_frames(ds.PixelData, number_of_frames=_frames(ds)), ())
+    sof = _jpeg_sof(frame[0] if frame else b"")
+    if sof is None:
+        raise DecodeError("DICOM JPEG pixel data has no readable frame header (SOF)")
+    precision, height, width, components = sof
+    allocated = int(ds.get("BitsAllocated") or 0)
+    if (allocated not in (8, 16) or precision > allocated or components != int(ds.get("SamplesPerPixel") or 1)
+            or width != int(ds.get("Columns") or 0) or height not in (0, int(ds.get("Rows") or 0))):
+        raise DecodeError(
+            f"DICOM header (Bits Allocated {allocated}, {ds.get('Columns')}x{ds.get('Rows')}, "
+            f"{ds.get('SamplesPerPixel')} sample(s)) does not match its JPEG frame "
+            f"({precision}-bit, {width}x{height}, {components} component(s))"
+        )
+
+
+def _jpeg_sof(data: bytes) -> tuple[int, int, int, int] | None:
+    """(precision, height, width, components) of the first SOF segment, or None."""
+    pos = 2 if data[:2] == b"\xff\xd8" else None
+    while pos is not None and pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker, length = data[pos + 1], int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker in _SOF_MARKERS and pos + 10 <= len(data):
+            return data[pos + 4], int.from_bytes(data[pos + 5 : pos + 7], "big"), \
+                int.from_bytes(data[pos + 7 : pos + 9], "big"), data[pos + 9]
+        pos += 2 + length
+    return None
+
+
 def _frame0(ds, path: Path, forced: bool) -> np.ndarray:
     from pydicom.pixels import pixel_array
 
     try:
         plugin = _decoding_plugin(ds)
+        if plugin == "" and str(ds.file_meta.get("TransferSyntaxUID", "")) in _GDCM_ONLY_JPEG:
+            _check_jpeg_frame_header(ds)
         if _frames(ds) > 1 and not forced:
             # From the path, so only frame 0's bytes are read for uncompressed data.
             return pixel_array(str(path), index=0, decoding_plugin=plugin)

@@ -219,7 +219,37 @@ def seeds() -> dict[str, bytes]:
             out[name] = dicom_bytes(arr, hostile_values=False, compress=uid)
         except Exception:  # encoder plugin unavailable: the other seeds still run
             pass
+    lossless = _gdcm_jpeg_lossless(out["plain.dcm"])
+    if lossless:
+        out["lossless.dcm"] = lossless  # decoded only by python-gdcm
     return out
+
+
+def _gdcm_jpeg_lossless(dicom: bytes) -> bytes | None:
+    """``dicom`` re-encoded as JPEG Lossless SV1 by GDCM (pydicom has no JPEG encoder)."""
+    import tempfile
+
+    try:
+        import gdcm
+    except ImportError:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "src.dcm", Path(tmp) / "dst.dcm"
+        src.write_bytes(dicom)
+        reader = gdcm.ImageReader()
+        reader.SetFileName(str(src))
+        change = gdcm.ImageChangeTransferSyntax()
+        change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+        if not reader.Read():
+            return None
+        change.SetInput(reader.GetImage())
+        writer = gdcm.ImageWriter()
+        writer.SetFileName(str(dst))
+        writer.SetFile(reader.GetFile())
+        if not change.Change():
+            return None
+        writer.SetImage(change.GetOutput())
+        return dst.read_bytes() if writer.Write() else None
 
 
 # ---- structure-aware field finders (offset, size, endian, name) ------------------------
