@@ -101,6 +101,10 @@ class TrainConfig:
     bootstrap: int = 1000  # resamples for the 95% confidence intervals
     positive_class: str = "fractured"
     progress: bool = True
+    # Wall-clock budget for the whole run (0 = none): an epoch is not started when the
+    # previous one says it would overrun. For the demo on unknown machines; a run cut by
+    # it is no longer bit-reproducible (metrics.json records "stopped_by": "time_budget").
+    max_minutes: float = 0.0
 
     def __post_init__(self) -> None:
         if self.frozen_epochs < 0 or self.epochs < 0 or self.frozen_epochs + self.epochs == 0:

@@ -135,6 +135,7 @@ def fit(config: TrainConfig, *, resume: bool = False,
     from fracture_batch.models import create_model, save_checkpoint
     from train.report import write_outputs
 
+    t_fit = time.perf_counter()
     run_dir = Path(config.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     state = load_resume_state(run_dir) if resume else None
@@ -198,6 +199,7 @@ def fit(config: TrainConfig, *, resume: bool = False,
                                           batch_size=config.batch_size, seed=config.seed,
                                           num_threads=max(1, config.num_workers), device=prec.device)
         global_epoch = 0
+        budget_s = config.max_minutes * 60.0
         for phase, n_epochs in _phase_epochs(config):
             if phase in phase_results:
                 global_epoch += n_epochs
@@ -216,8 +218,15 @@ def fit(config: TrainConfig, *, resume: bool = False,
                 set_rng_state(state["rng"])
                 log.info("resuming phase %s at epoch %d/%d", phase, start + 1, n_epochs)
             stopped = state is not None and state["phase"] == phase and state["stopped"]
+            stopped_by = "early_stopping" if stopped else ""
             for epoch in range(start, n_epochs):
                 if stopped:
+                    break
+                if budget_s and timings and (time.perf_counter() - t_fit + _last_epoch_s(timings, phase)
+                                             > budget_s):
+                    log.warning("time budget of %.1f min reached: %s phase ends after %d epochs",
+                                config.max_minutes, phase, epoch)
+                    stopped_by = "time_budget"
                     break
                 ep_seed = config.seed * 100_003 + global_epoch + epoch
                 torch.manual_seed(ep_seed)  # main-process augmentation when num_workers=0
@@ -236,6 +245,7 @@ def fit(config: TrainConfig, *, resume: bool = False,
                 t2, c2 = time.perf_counter(), _cpu_seconds()
                 scheduler.step()
                 stopped = stopper.step(va["loss"], epoch, model)
+                stopped_by = "early_stopping" if stopped else ""
                 history.append({"phase": phase, "epoch": epoch + 1, "train_loss": tr["loss"],
                                 "train_accuracy": tr["accuracy"], "val_loss": va["loss"],
                                 "val_accuracy": va["accuracy"], "lr": [g["lr"] for g in optimizer.param_groups]})
@@ -259,6 +269,7 @@ def fit(config: TrainConfig, *, resume: bool = False,
             phase_results[phase] = evaluate_phase(model, data, eval_loaders, eval_criterion, prec, config, on_bad)
             phase_results[phase]["best_epoch"] = stopper.best_epoch + 1
             phase_results[phase]["epochs_run"] = sum(1 for h in history if h["phase"] == phase)
+            phase_results[phase]["stopped_by"] = stopped_by or "epochs"
             global_epoch += n_epochs
             state = None
 
@@ -287,6 +298,12 @@ def fit(config: TrainConfig, *, resume: bool = False,
         import torch as _t
 
         _t.use_deterministic_algorithms(prev_det)
+
+
+def _last_epoch_s(timings: list[dict[str, Any]], phase: str) -> float:
+    """Duration of the last epoch of ``phase`` (or of any phase: a lower bound)."""
+    same = [t for t in timings if t["phase"] == phase] or timings
+    return same[-1]["train_s"] + same[-1]["val_s"]
 
 
 def _cpu_seconds() -> float:

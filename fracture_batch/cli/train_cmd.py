@@ -69,6 +69,8 @@ THRESHOLD_RULES = ("target_sensitivity", "youden", "default")
 @click.option("--calibrate/--no-calibrate", default=True, help="Temperature scaling fitted on the validation split.")
 @click.option("--bootstrap", type=int, default=1000, help="Bootstrap resamples for the 95% confidence intervals.")
 @click.option("--positive-class", default="fractured", help="Class folder name of the positive finding.")
+@click.option("--max-minutes", type=float, default=0.0,
+              help="Wall-clock budget for the run (0 = none): no epoch starts that would overrun it.")
 @click.option("--progress/--no-progress", default=True, help="Progress bars per epoch.")
 def train(data_dir, out_dir, resume_dir, **opts) -> None:
     """Fine-tune a fracture classifier on DATA_DIR/{train,val,test}/<class>/ images.
