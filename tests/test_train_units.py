@@ -150,7 +150,11 @@ def test_train_items_are_augmented_and_bad_files_skipped(tiny_data):
 # ---- pretrained ------------------------------------------------------------------------
 def test_pretrained_sources(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    assert resolve_pretrained("none", "resnet18").source == "none"
+    none = resolve_pretrained("none", "resnet18")
+    assert none.source == "none"
+    scratch = create_model("resnet18", 2)
+    apply_pretrained(scratch, none)  # from scratch: residual blocks start as the identity
+    assert all(float(b.bn2.weight.abs().sum()) == 0 for b in scratch.layer1)
     assert resolve_pretrained("auto", "resnet18").state_dict is None  # empty cache: random init
     with pytest.raises(PretrainedError, match="hub cache"):
         resolve_pretrained("imagenet", "resnet18")
