@@ -28,11 +28,11 @@ import hostile_inputs as hi
 SEEDS = hi.seeds()
 REGRESSIONS = sorted(p for p in (Path(__file__).parent / "fuzz_regressions").iterdir() if not p.name.endswith((".txt", ".md")))
 FOUND_DIR = Path(os.environ.get("FUZZ_FOUND_DIR", "/tmp/fracture-batch-fuzz-found"))
-# Budget in `make test` (2 shared cores): ~3 ms a mutant in the child plus hypothesis'
-# own cost, so 1200 Python-path mutants take ~10 s and 300 DALI-path mutants ~5 s.
+# Budget in `make test` (2 shared cores): ~3-8 ms a mutant in the child plus hypothesis'
+# own cost, so 2000 Python-path mutants take ~8-15 s and 400 DALI-path mutants ~3-6 s.
 EXPLICIT = "FUZZ_EXAMPLES" in os.environ
-PY_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1200"))
-DALI_EXAMPLES = int(os.environ.get("FUZZ_DALI_EXAMPLES", str(max(PY_EXAMPLES // 4, 1))))
+PY_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "2000"))
+DALI_EXAMPLES = int(os.environ.get("FUZZ_DALI_EXAMPLES", str(max(PY_EXAMPLES // 5, 1))))
 FUZZ_SETTINGS = dict(
     deadline=None,  # the child enforces its own timeout; hypothesis' deadline would count the IPC
     derandomize=not EXPLICIT,  # `make test` is reproducible; explicit long runs explore
