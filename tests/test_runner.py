@@ -309,3 +309,16 @@ def test_dicom_rows_carry_header_columns_and_hashed_uids_only(models, tmp_path):
     keep = score(_cfg([tmp_path / "in"], onnx_path, tmp_path / "keep", identifiers="keep"))
     assert keep.ok == 1
     assert {r["relpath"]: r for r in _read(tmp_path / "keep").to_pylist()}["IMG0001"]["dicom_study_instance_uid"] == raw_uid
+
+
+def test_non_utf8_file_names_get_a_row_and_resume(models, tmp_path):
+    _, onnx_path = models
+    good = modelgen.write_images(tmp_path / "in", 1)[0]
+    latin1 = os.path.join(os.fsencode(tmp_path / "in"), b"caf\xe9.png")  # not valid UTF-8
+    with open(latin1, "wb") as f:
+        f.write(good.read_bytes())
+    cfg = _cfg([tmp_path / "in"], onnx_path, tmp_path / "out")
+    s = score(cfg)
+    assert (s.scored, s.ok) == (2, 2)
+    assert r"caf\xe9.png" in {r["relpath"] for r in _read(tmp_path / "out").to_pylist()}
+    assert score(cfg).already_done == 2  # the escaped name is matched on resume
