@@ -57,8 +57,8 @@ class BenchConfig:
     @classmethod
     def quick_preset(cls, out: Path, **overrides) -> "BenchConfig":
         """About two minutes for ResNet50 on 2 cores: fewer sizes, repeats and images."""
-        base = dict(out=out, batch_sizes=(1, 8), warmup=1, repeats=3, max_seconds=3.0, small_n=48,
-                    archive_n=4, decode_n=3, e2e_repeats=1, quick=True, via_export=False)
+        base = dict(out=out, batch_sizes=(1, 8), warmup=1, repeats=3, max_seconds=2.0, small_n=48,
+                    archive_n=2, decode_n=2, e2e_repeats=1, quick=True, via_export=False)
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 

@@ -60,7 +60,7 @@ def _ints(ctx, param, value: str | None) -> tuple[int, ...] | None:
 @click.option("--small-n", type=click.IntRange(0), default=None,
               help="Images in the small (400-700 px JPEG/PNG) end-to-end corpus (default 600, 48 with --quick).")
 @click.option("--archive-n", type=click.IntRange(0), default=None,
-              help="Images in the archive (~2000x2500 12-bit PNG/DICOM) corpus (default 24, 4 with --quick).")
+              help="Images in the archive (~2000x2500 12-bit PNG/DICOM) corpus (default 24, 2 with --quick).")
 @click.option("--quick", is_flag=True,
               help="About two minutes for ResNet50 on 2 cores: batch sizes 1,8, 3 repeats, small corpora. "
                    "For smoke tests and `make demo`; figures are indicative only.")
