@@ -11,8 +11,10 @@ What becomes a row and what is skipped (documented in the README):
   to: it is logged and recorded in ``DiscoveryStats.skipped`` (and so in ``_SUCCESS``);
 - directories in ``exclude`` (the output directory when it lies under an input root)
   are not entered, so a run never scores its own output.
-Order is deterministic (names sorted per directory). Memory is bounded by directory
-depth and the largest directory listing, not by the number of files.
+Files stream in the order the file system lists them (a directory's files, then its
+subdirectories in name order, depth first), so memory is bounded by directory depth and
+the number of subdirectories of one directory, never by the number of files, even in a
+flat directory of millions.
 """
 from __future__ import annotations
 
@@ -93,31 +95,39 @@ def _walk(root: str, excluded: set[str], stats: DiscoveryStats) -> Iterator[Inpu
     while stack:
         directory, ancestors = stack.pop()
         try:
-            with os.scandir(directory) as it:
-                entries = sorted(it, key=lambda e: e.name)
+            it = os.scandir(directory)
         except OSError as exc:
             stats.skip(directory, f"directory cannot be listed: {exc.strerror or exc}")
             continue
         subdirs: list[tuple[str, frozenset]] = []
-        for entry in entries:
-            path = os.path.join(directory, entry.name)
-            if path in excluded:
-                continue
-            try:
-                is_dir = entry.is_dir(follow_symlinks=True)
-            except OSError:
-                is_dir = False
-            if is_dir:
-                ident = _dir_id(path)
-                if ident is not None and ident in ancestors:
-                    stats.skip(path, "symbolic link loop (points to one of its own parent directories)")
+        with it:
+            while True:
+                try:
+                    entry = next(it)
+                except StopIteration:
+                    break
+                except OSError as exc:  # e.g. an I/O error part-way through a huge directory
+                    stats.skip(directory, f"directory listing failed part-way: {exc.strerror or exc}")
+                    break
+                path = os.path.join(directory, entry.name)
+                if path in excluded:
                     continue
-                subdirs.append((path, ancestors | {ident} if ident else ancestors))
-                continue
-            item = _file_entry(path, os.path.relpath(path, root), stats, entry)
-            if item is not None:
-                yield item
-        # Reverse so the stack pops subdirectories in sorted order.
+                try:
+                    is_dir = entry.is_dir(follow_symlinks=True)
+                except OSError:
+                    is_dir = False
+                if is_dir:
+                    ident = _dir_id(path)
+                    if ident is not None and ident in ancestors:
+                        stats.skip(path, "symbolic link loop (points to one of its own parent directories)")
+                        continue
+                    subdirs.append((path, ancestors | {ident} if ident else ancestors))
+                    continue
+                item = _file_entry(path, os.path.relpath(path, root), stats, entry)
+                if item is not None:
+                    yield item
+        # Only subdirectory names are held (sorted, popped in order); files stream as listed.
+        subdirs.sort(key=lambda d: d[0])
         stack.extend(reversed(subdirs))
 
 
