@@ -55,7 +55,8 @@ def prepare_output_dir(out: str | Path) -> Path:
         raise SinkError(f"--out {out} exists and is not a directory")
     if not out.exists():
         if not out.parent.is_dir():
-            raise SinkError(f"cannot create --out {out}: its parent directory {out.parent} does not exist")
+            what = "is a file, not a directory" if out.parent.exists() else "does not exist"
+            raise SinkError(f"cannot create --out {out}: its parent directory {out.parent} {what}")
         try:
             out.mkdir()
         except OSError as exc:
