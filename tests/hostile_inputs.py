@@ -160,6 +160,41 @@ def _ramp16(h: int, w: int) -> np.ndarray:
     return ((x * 257 + y * 131) % 4096).astype(np.uint16)
 
 
+def dicomdir_bytes(referenced_file_id: list[str]) -> bytes:
+    """A DICOMDIR (Media Storage Directory) whose one IMAGE record references
+    ``referenced_file_id`` (e.g. ``["..", "..", "secret.dcm"]``: the path traversal of
+    CVE-2026-32711 if a reader followed it)."""
+    from pydicom import config
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+    ds.file_meta.MediaStorageSOPInstanceUID = SOP_UID + ".9"
+    ds.FileSetID = "ARCHIVE"
+    record = Dataset()
+    record.DirectoryRecordType = "IMAGE"
+    with config.disable_value_validation():  # ".." is not a valid CS value: that is the point
+        record.ReferencedFileID = referenced_file_id
+    record.ReferencedSOPClassUIDInFile = "1.2.840.10008.5.1.4.1.1.7"
+    record.ReferencedSOPInstanceUIDInFile = SOP_UID
+    record.ReferencedTransferSyntaxUIDInFile = ExplicitVRLittleEndian
+    record.OffsetOfTheNextDirectoryRecord = 0
+    record.RecordInUseFlag = 0xFFFF
+    record.OffsetOfReferencedLowerLevelDirectoryEntity = 0
+    ds.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity = 0
+    ds.OffsetOfTheLastDirectoryRecordOfTheRootDirectoryEntity = 0
+    ds.FileSetConsistencyFlag = 0
+    ds.DirectoryRecordSequence = Sequence([record])
+    buf = io.BytesIO()
+    with config.disable_value_validation():
+        ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
 def write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)

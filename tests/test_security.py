@@ -441,6 +441,30 @@ def test_tool_files_planted_as_symlinks_in_out_are_never_written_through(models,
         assert len(_rows(out)) == 2
 
 
+def test_dicomdir_is_an_error_row_and_its_references_are_never_followed(models, tmp_path, monkeypatch):
+    import builtins
+
+    _, onnx_model = models
+    inputs = tmp_path / "archive" / "in"
+    hi.write(tmp_path / "secret.dcm", hi.dicom_bytes())  # outside the input root
+    hi.write(inputs / "DICOMDIR", hi.dicomdir_bytes(["..", "..", "secret.dcm"]))
+    opened: list[str] = []
+    real_open = builtins.open
+
+    def recording_open(file, *args, **kwargs):
+        opened.append(os.fspath(file) if isinstance(file, (str, os.PathLike)) else repr(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", recording_open)  # thread isolation: decoding is in-process
+    result = _score(inputs, onnx_model, tmp_path / "out", "--decode-isolation", "thread")
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert result.exit_code == 0, result.output
+    (row,) = _rows(tmp_path / "out")
+    assert row["status"] == "error" and "DICOMDIR" in row["error"], row
+    assert any(p.endswith("DICOMDIR") for p in opened)  # the recorder saw the decoder's reads
+    assert not [p for p in opened if "secret" in p], opened
+
+
 def test_pydicom_is_a_version_without_the_dicomdir_path_traversal_flaw():
     # CVE-2026-32711 (GHSA-v856-2rf8-9f28): pydicom < 3.0.2 let a DICOMDIR's Referenced
     # File ID point outside the File-set root. The installed version and the declared
