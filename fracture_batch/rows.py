@@ -85,7 +85,7 @@ def dicom_columns(meta: Mapping[str, Any]) -> dict[str, Any]:
         for k in keys:
             v = meta.get(k)
             if v is not None and v != "":
-                out[col] = _as_int(v) if col in _INT_DICOM_COLUMNS else safe_text(str(v))
+                out[col] = _as_int(v) if col in _INT_DICOM_COLUMNS else str(v)
                 break
     return out
 
@@ -97,21 +97,10 @@ def _as_int(v: Any) -> int | None:
         return None
 
 
-def safe_text(text: str) -> str:
-    """A file name as valid UTF-8 for Parquet. Names that are not UTF-8 on disk (e.g. Latin-1
-    from an old archive) reach Python with surrogate escapes; they are written with the
-    raw bytes as ``\\xNN`` escapes. The same mapping is used for resume, so it is stable."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
 def base_row(path: str, relpath: str, ctx: RowContext, file_size: int = -1) -> dict[str, Any]:
     return {
-        "path": safe_text(path),
-        "relpath": safe_text(relpath),
+        "path": path,
+        "relpath": relpath,
         "threshold": float(ctx.spec.threshold),
         "model_sha256": ctx.model_sha256,
         "file_size": file_size if file_size >= 0 else None,
@@ -121,8 +110,7 @@ def base_row(path: str, relpath: str, ctx: RowContext, file_size: int = -1) -> d
 def error_row(path: str, relpath: str, message: str, ctx: RowContext, **extra: Any) -> dict[str, Any]:
     row = base_row(path, relpath, ctx, extra.pop("file_size", -1))
     row.update(extra)
-    row.update(status=STATUS_ERROR, error=safe_text(message or "unknown error"), prob_fractured=None,
-               pred_label=None)
+    row.update(status=STATUS_ERROR, error=message or "unknown error", prob_fractured=None, pred_label=None)
     return row
 
 

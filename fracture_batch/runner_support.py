@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from fracture_batch.decode_stage import DecodeResult, ProcessDecoder, PythonDecoder
 from fracture_batch.discover import InputFile
-from fracture_batch.rows import STATUS_OK, safe_text
+from fracture_batch.rows import STATUS_OK
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class Stages:
     # ---- stages -----------------------------------------------------------------------
     def _discover(self) -> None:
         for f in self.files:
-            if safe_text(f.path) in self.already_done:  # the form rows store
+            if f.path in self.already_done:
                 self.already_done_count += 1
                 continue
             self._put(self.files_q, f)
