@@ -232,7 +232,7 @@ def _check_jpeg_frame_header(ds) -> None:
     frame = next(generate_fragmented_frames(ds.PixelData, number_of_frames=_frames(ds)), ())
     sof = _jpeg_sof(frame[0] if frame else b"")
     if sof is None:
-        raise DecodeError("DICOM JPEG pixel data has no readable frame header (SOF)")
+        raise DecodeError("DICOM JPEG pixel data: header segments malformed or no frame header (SOF)")
     precision, height, width, components = sof
     allocated = int(ds.get("BitsAllocated") or 0)
     if (allocated not in (8, 16) or precision > allocated or components != int(ds.get("SamplesPerPixel") or 1)
@@ -245,13 +245,25 @@ def _check_jpeg_frame_header(ds) -> None:
 
 
 def _jpeg_sof(data: bytes) -> tuple[int, int, int, int] | None:
-    """(precision, height, width, components) of the first SOF segment, or None."""
-    pos = 2 if data[:2] == b"\xff\xd8" else None
-    while pos is not None and pos + 4 <= len(data) and data[pos] == 0xFF:
-        marker, length = data[pos + 1], int.from_bytes(data[pos + 2 : pos + 4], "big")
-        if marker in _SOF_MARKERS and pos + 10 <= len(data):
-            return data[pos + 4], int.from_bytes(data[pos + 5 : pos + 7], "big"), \
-                int.from_bytes(data[pos + 7 : pos + 9], "big"), data[pos + 9]
+    """(precision, height, width, components) from the SOF segment, or None unless the
+    marker segments from SOI to SOS are well formed: gdcm also aborts on stray bytes
+    between them (libjpeg's "extraneous bytes before marker"; found by fuzzing)."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    pos, sof = 2, None
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if length < 2 or pos + 2 + length > len(data):
+            return None
+        if marker in _SOF_MARKERS and length >= 8:
+            sof = (data[pos + 4], int.from_bytes(data[pos + 5 : pos + 7], "big"),
+                   int.from_bytes(data[pos + 7 : pos + 9], "big"), data[pos + 9])
+        if marker == 0xDA:
+            return sof
         pos += 2 + length
     return None
 
