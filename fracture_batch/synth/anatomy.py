@@ -96,7 +96,7 @@ def sample_scene(
         angle += math.pi  # which end is proximal on the image varies too
     ca, sa = math.cos(angle), math.sin(angle)
     cx, cy = width / 2 + u01(-0.08, 0.08) * width, height / 2 + u01(-0.08, 0.08) * height
-    radius = s * u01(0.05, 0.085)
+    radius = s * u01(0.055, 0.09)
     limb_half = s * u01(0.22, 0.34)
     flare = u01(0.35, 0.8)
     hi_end = s * u01(0.24, 0.4) if rng.random() < 0.45 else None
@@ -144,7 +144,7 @@ def sample_scene(
     return Scene(
         height=height, width=width, limb_origin=(cx, cy), limb_angle=angle, limb_half_width=limb_half,
         bulge=(u01(0.0, 0.12), u01(1.0, 3.0) / s, u01(0, 2 * math.pi)),
-        swelling=u01(0.0, 0.12) if fracture is not None and not fracture.subtle else 0.0,
+        swelling=u01(0.04, 0.16) if fracture is not None and not fracture.subtle else 0.0,
         bones=tuple(bones), fracture=fracture, marker=marker, collimation=collimation,
         soft_tissue_mu=u01(0.25, 0.4), bone_mu=u01(0.55, 0.8), exposure=u01(0.4, 0.7),
         gamma=u01(0.75, 1.15), fog=u01(0.0, 0.08), heel=(u01(0.0, 0.12), u01(0, 2 * math.pi)),
@@ -156,7 +156,7 @@ def _sample_fracture(
     rng: np.random.Generator, s: float, bones: list[Bone], shafts: list[int], subtle_fraction: float
 ) -> Fracture:
     u01 = rng.uniform
-    index = shafts[-1] if rng.random() < 0.3 else 0
+    index = shafts[-1] if rng.random() < 0.2 else 0
     bone = bones[index]
     lo, hi = -0.25 * s, 0.25 * s  # central: survives a random-resized crop
     if bone.lo_end is not None:
@@ -173,7 +173,7 @@ def _sample_fracture(
             stop = u01(-0.3, 0.3) * bone.radius * (1 if rng.random() < 0.5 else -1)
         return Fracture(index, u, obliquity, s * u01(0.004, 0.009), 0.0, 0.0, 0.0, stop, jag, True)
     gap = s * u01(0.022, 0.045)  # 2.5-5 px once the whole image is 112 px
-    shift = bone.radius * u01(0.4, 1.2) * (1 if rng.random() < 0.5 else -1) if rng.random() < 0.7 else 0.0
+    shift = bone.radius * u01(0.4, 1.2) * (1 if rng.random() < 0.5 else -1) if rng.random() < 0.8 else 0.0
     overlap = -bone.radius * u01(0.2, 0.8) if rng.random() < 0.25 else bone.radius * u01(0.0, 0.3)
     angulation = u01(0.1, 0.4) * (1 if rng.random() < 0.5 else -1) if rng.random() < 0.55 else 0.0
     return Fracture(index, u, obliquity, gap, shift, overlap, angulation, None, jag, False)
