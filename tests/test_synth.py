@@ -80,10 +80,8 @@ def test_formats_mixed_within_every_split_and_class(dataset):
         }
         for label, c in per_class.items():
             assert len(c) == min(n_formats, sum(c.values())), (split, label, c)
-        # equal shares (+-1) per class: the format says nothing about the class
-        fmts = set(per_class["fractured"]) | set(per_class["not_fractured"])
-        for f in fmts:
-            assert abs(per_class["fractured"][f] - per_class["not_fractured"][f]) <= 1, (split, f)
+        # the same format counts in both classes: the format says nothing about the class
+        assert per_class["fractured"] == per_class["not_fractured"], split
 
 
 def test_nothing_but_pixels_reveals_the_class(dataset):
@@ -214,3 +212,11 @@ def test_cli_writes_dataset_table_and_contact_sheet(tmp_path):
     assert max(r.width for r in read_manifest(out / MANIFEST_NAME)) <= 64
     bad = CliRunner().invoke(main, ["synth", str(tmp_path / "x"), "--n", "2"])
     assert bad.exit_code != 0
+
+
+def test_small_splits_do_not_always_get_the_first_formats():
+    from fracture_batch.synth.generate import plan_dataset
+
+    # n=6: one image per class per split; over 8 seeds a fixed start would give only png8
+    seen = {job.fmt for seed in range(8) for job in plan_dataset(SynthConfig(n=6, seed=seed)) if job.split == "val"}
+    assert len(seen) >= 3, seen

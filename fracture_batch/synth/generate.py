@@ -97,9 +97,13 @@ def plan_dataset(config: SynthConfig) -> list[_Job]:
     shape_range = (tuple(config.size_range), tuple(config.size_range))
     jobs: list[_Job] = []
     for s, split in enumerate(SPLITS):
+        # one rotation of the format list per split, shared by both classes: small splits
+        # still get the same formats in each class, and not always the first ones
+        start = int(np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(1100 + s,))).integers(1 << 16))
         for c, label in enumerate(CLASS_NAMES):
             m = counts[split] // 2
-            fmts = _balanced_formats(config.formats, m, np.random.SeedSequence(config.seed, spawn_key=(1000 + s, c)))
+            fmts = _balanced_formats(
+                config.formats, m, np.random.SeedSequence(config.seed, spawn_key=(1000 + s, c)), start)
             jobs += [
                 _Job((s, c, k), f"{split}/{label}", split, label == POSITIVE, fmts[k], shape_range,
                      config.subtle_fraction)
@@ -187,11 +191,13 @@ def _flat(out_dir, n, seed, formats, shape_range, fractured_fraction, subtle_fra
     return records
 
 
-def _balanced_formats(formats: Sequence[ImageFormat], m: int, seq: np.random.SeedSequence) -> list[ImageFormat]:
-    """Equal shares (+-1) of each format, in a seeded order."""
+def _balanced_formats(
+    formats: Sequence[ImageFormat], m: int, seq: np.random.SeedSequence, start: int = 0
+) -> list[ImageFormat]:
+    """Equal shares (+-1) of each format, cycling from ``start``, in a seeded order."""
     if not formats:
         raise ValueError("at least one image format is needed")
-    cyclic = [formats[k % len(formats)] for k in range(m)]
+    cyclic = [formats[(start + k) % len(formats)] for k in range(m)]
     order = np.random.default_rng(seq).permutation(m)
     return [cyclic[i] for i in order]
 
