@@ -117,16 +117,25 @@ def _scene(fractured=True, h=160, w=128, seed=3, **kw):
 
 @pytest.mark.parametrize("fmt", [ImageFormat.DICOM_MONO1, ImageFormat.DICOM_MONO2, ImageFormat.PNG16])
 def test_written_file_decodes_to_the_rendered_picture_with_bone_bright(tmp_path, fmt):
+    import pydicom
+
     scene = _scene()
     gray = render(scene)
-    path = write_image(tmp_path / "x", gray, fmt, np.random.default_rng(0))
-    decoded = decode_file(path).pixels
-    # 12-bit quantisation is 1/4095; the decoder may stretch by the data range, which
-    # the rendered picture nearly fills: 0.02 leaves room for that, not for an inversion.
-    assert np.abs(decoded - gray).max() < 0.02
     tissue, bone = anatomy_maps(scene)
-    bone_px, tissue_px = decoded[bone > 0.5], decoded[(tissue > 0.5) & (bone == 0)]
-    assert bone_px.mean() > tissue_px.mean() + 0.1
+    rescales = set()
+    for seed in range(8):  # several draws of slope/intercept/window per format
+        path = write_image(tmp_path / f"x{seed}", gray, fmt, np.random.default_rng(seed))
+        decoded = decode_file(path).pixels
+        # 12-bit quantisation is 1/4095 and the linear window's half-step offsets are
+        # ~1/width: 0.02 leaves room for those, not for a wrong window or an inversion.
+        assert np.abs(decoded - gray).max() < 0.02, seed
+        bone_px, tissue_px = decoded[bone > 0.5], decoded[(tissue > 0.5) & (bone == 0)]
+        assert bone_px.mean() > tissue_px.mean() + 0.1
+        if fmt.is_dicom:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            rescales.add((float(ds.RescaleSlope), float(ds.RescaleIntercept)))
+    if fmt.is_dicom:
+        assert len(rescales) >= 2, rescales  # the check covered more than the identity rescale
 
 
 def test_dicom_tags(tmp_path):
