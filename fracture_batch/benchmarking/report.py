@@ -48,6 +48,19 @@ def _decoder_threads(r: Measurement) -> str:
     return f"{r.extra.get('decoder', '')}{split}"
 
 
+def busy_warning(run: BenchRun) -> str:
+    """A line saying the figures were taken on a busy machine, or '' when it was quiet.
+    Other tenants' load slows each stage by a different, changing factor, so ratios
+    between figures measured minutes apart (e.g. end-to-end vs model-only) are unreliable."""
+    cores = run.machine.get("cores_usable") or 1
+    loads = [x[0] for x in (run.machine.get("load_average"), run.run.get("load_average_end")) if x]
+    if not loads or max(loads) <= 1.25 * cores:
+        return ""
+    return (f"**Measured on a busy machine** (1-minute load average {' -> '.join(f'{x:.1f}' for x in loads)} "
+            f"on {cores} cores): other processes took most of the CPU, unevenly over the run; these "
+            "figures show the harness working, not this machine's speed. Rerun on a quiet machine.\n")
+
+
 def ok(rows, suite):
     return [r for r in rows if r.suite == suite and r.status == "ok"]
 
@@ -56,7 +69,7 @@ def markdown(run: BenchRun) -> str:
     rows = run.measurements
     model = run.run.get("model", {})
     out = [f"# fracture-batch benchmark {run.run.get('run_id', '')}\n",
-           f"Machine: {machine_line(run.machine)}\n",
+           f"Machine: {machine_line(run.machine)}\n", busy_warning(run),
            f"Threads per inference process: {run.run.get('threads')} "
            "(onnxruntime intra_op_num_threads, torch.set_num_threads). "
            f"Model: {model.get('source', '-')}. Run took {run.run.get('seconds', '?')} s.\n",
@@ -176,7 +189,7 @@ def readme_section(run: BenchRun, prefix: str) -> str:
             f"every measurement with the machine description: `{prefix}.json` / `{prefix}.parquet`; "
             f"plots: `{prefix}_throughput.png`, `{prefix}_tails.png`. Reproduce with "
             "`python -m benchmarks.run_all --out benchmarks/results` (≈20 min on 2 cores) or "
-            "`fracture-batch bench --quick` (≈2 min).\n",
+            "`fracture-batch bench --quick` (≈2 min).\n", busy_warning(run),
             table([r for r in e2e if r.name.startswith(("score", "naive"))], [
                 ("regime", lambda r: r.regime), ("scorer", lambda r: r.name),
                 ("images/s", lambda r: _f(r.images_per_s)), ("x naive", lambda r: _f(r.ratio_vs_naive, "{:.2f}")),
