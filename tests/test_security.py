@@ -307,6 +307,32 @@ def test_decode_timeout_turns_a_stalled_file_into_an_error_row(models, tmp_path)
     assert elapsed < 120, elapsed
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # PIL/pydicom warn about every corrupt file
+@pytest.mark.parametrize("decoder", ["python", pytest.param("dali", marks=NEEDS_DALI)])
+def test_a_directory_of_fuzzed_files_scores_one_row_each(models, tmp_path, decoder):
+    # The fuzz tests check decoding file by file; this runs a whole directory of mutants
+    # through the real command (discovery, decode workers, batching, Parquet sink).
+    import random
+
+    import fuzzlib
+
+    _, onnx_model = models
+    seeds = hi.seeds()
+    rng = random.Random(7)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(60):
+        name = sorted(seeds)[i % len(seeds)]
+        data, _ = fuzzlib.mutate(name, seeds[name], lambda k: rng.randrange(k) if k > 1 else 0, seeds)
+        (inputs / f"{i:03d}-{name}").write_bytes(data)
+    result = _score(inputs, onnx_model, tmp_path / "out", decoder=decoder)
+    assert result.exit_code == 0, result.output
+    rows = _rows(tmp_path / "out")
+    assert sorted(r["relpath"] for r in rows) == sorted(p.name for p in inputs.iterdir())
+    assert all(r["status"] == "ok" or (r["status"] == "error" and r["error"].strip()) for r in rows)
+    assert 0 < sum(r["status"] == "ok" for r in rows) < len(rows)  # both kinds were exercised
+
+
 # ---- 4. output safety and privacy -------------------------------------------------------------------
 def _phi_inputs(directory: Path) -> None:
     hi.write(directory / "study" / "image.dcm", hi.dicom_bytes())
