@@ -79,7 +79,9 @@ def _rows(out) -> dict[str, dict]:
 @needs_ray
 def test_ray_and_local_engines_write_the_same_rows(ray_local, models, tmp_path):
     _, onnx_path = models
-    modelgen.write_images(tmp_path / "in" / "a", 8, formats=("png", "png16", "jpeg", "tiff"))
+    modelgen.write_images(tmp_path / "in" / "a", 7, formats=("png", "png16", "jpeg", "tiff"))
+    latin1 = os.path.join(os.fsencode(tmp_path / "in" / "a"), b"caf\xe9.png")  # not UTF-8: an old archive
+    os.rename(modelgen.write_images(tmp_path / "in" / "x", 1)[0], latin1)
     modelgen.write_bad_inputs(tmp_path / "in" / "bad")
     local = score(_cfg([tmp_path / "in"], onnx_path, tmp_path / "local"))
     remote = run_ray(_cfg([tmp_path / "in"], onnx_path, tmp_path / "ray", batch_size=2), RAY)
@@ -94,6 +96,7 @@ def test_ray_and_local_engines_write_the_same_rows(ray_local, models, tmp_path):
         assert {c: rb[c] for c in same} == {c: ra[c] for c in same}, path
     assert (remote.ok, remote.errors) == (local.ok, local.errors) == (9, 5)
     assert b[str(tmp_path / "in" / "bad" / "notes.txt")]["error"]  # error rows carry a message
+    assert b[str(tmp_path / "in" / "a" / "caf\\xe9.png")]["status"] == "ok"  # rows.as_text of the name
 
     # Same schema (types, order) and the spec in every part's metadata, in the sink's names.
     parts = sink.committed_parts(tmp_path / "ray")
@@ -190,7 +193,8 @@ def test_split_stages_equal_the_predictors_own_call(models, tmp_path):
     work = {k: v.to_numpy(zero_copy_only=False) for k, v in zip(work_table(files).column_names,
                                                                   work_table(files).columns)}
     staged = PredictStage(**kw)(decode_batch(work, spec_json=modelgen.tiny_spec().to_json(), decode_options={}))
-    own = Predictor(onnx_path, backend="onnxruntime", device="cpu")({"path": work["path"], "relpath": work["relpath"]})
+    own = Predictor(onnx_path, backend="onnxruntime", device="cpu")(
+        {"path": [f.path for f in files], "relpath": [f.relpath for f in files]})
     assert staged.schema.names == list(COLUMNS) and staged.num_rows == len(files) == 9
     # Same batch, same session: identical values. Except one thing the split does better:
     # it carries discovery's message for files known bad before decoding (a broken or

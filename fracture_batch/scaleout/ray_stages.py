@@ -10,14 +10,15 @@
 Nothing here decodes, preprocesses, predicts or shapes a row itself. This module never
 imports ray, so the workers only need the package itself importable.
 
-Between the stages a batch is a dict of plain columns: strings never null ("" means
-"no error"), a fixed-shape float32 tensor column (zeros where decoding failed, flagged
+Between the stages a batch is a dict of plain columns: paths as bytes (see
+``work_table``), strings never null ("" means "no error"), a fixed-shape float32 tensor column (zeros where decoding failed, flagged
 by ``decoded``), and the decode facts as one JSON string (their keys vary by format).
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any, Mapping
 
 import numpy as np
@@ -26,7 +27,7 @@ import pyarrow as pa
 from fracture_batch.backends import BackendOptions
 from fracture_batch.decode_stage import DecodeOptions, DecodeResult, decode_one
 from fracture_batch.discover import InputFile
-from fracture_batch.rows import rows_to_table, schema
+from fracture_batch.rows import as_text, rows_to_table, schema
 from fracture_batch.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -35,12 +36,17 @@ WORK_COLUMNS = ("path", "relpath", "size", "error")  # what the driver hands to 
 
 
 def work_table(files: list[InputFile]) -> pa.Table:
-    """Discovered files -> the driver's input block (path, relpath, size, error)."""
+    """Discovered files -> the driver's input block (path, relpath, size, error).
+
+    Paths travel as the file system's bytes (``os.fsencode``), not text: a file name that
+    is not UTF-8 (a Latin-1 archive) must reach the decoder exactly as the OS spelled it,
+    and Arrow strings cannot hold it. Rows get ``rows.as_text`` of it, as locally.
+    """
     return pa.table({
-        "path": pa.array([f.path for f in files], pa.string()),
-        "relpath": pa.array([f.relpath for f in files], pa.string()),
+        "path": pa.array([os.fsencode(f.path) for f in files], pa.binary()),
+        "relpath": pa.array([os.fsencode(f.relpath) for f in files], pa.binary()),
         "size": pa.array([f.size for f in files], pa.int64()),
-        "error": pa.array([f.error or "" for f in files], pa.string()),
+        "error": pa.array([as_text(f.error or "") for f in files], pa.string()),
     })
 
 
@@ -53,7 +59,7 @@ def decode_batch(batch: Mapping[str, np.ndarray], *, spec_json: str, decode_opti
     spec = ModelSpec.from_json(spec_json)
     opts = DecodeOptions(**decode_options)
     results = [
-        decode_one(InputFile(str(p), str(r), int(s), str(e) or None), spec, opts)
+        decode_one(InputFile(os.fsdecode(p), os.fsdecode(r), int(s), str(e) or None), spec, opts)
         for p, r, s, e in zip(batch["path"], batch["relpath"], batch["size"], batch["error"])
     ]
     shape = (3, spec.input_size, spec.input_size)
@@ -62,11 +68,11 @@ def decode_batch(batch: Mapping[str, np.ndarray], *, spec_json: str, decode_opti
         if res.tensor is not None:
             tensors[i] = res.tensor
     return {
-        "path": np.array([res.file.path for res in results], dtype=object),
-        "relpath": np.array([res.file.relpath for res in results], dtype=object),
+        "path": np.array([os.fsencode(res.file.path) for res in results], dtype=object),
+        "relpath": np.array([os.fsencode(res.file.relpath) for res in results], dtype=object),
         "size": np.array([res.file.size for res in results], dtype=np.int64),
         "decoded": np.array([res.tensor is not None for res in results], dtype=bool),
-        "error": np.array([res.error or "" for res in results], dtype=object),
+        "error": np.array([as_text(res.error or "") for res in results], dtype=object),
         "info": np.array([json.dumps(res.info, default=_plain) for res in results], dtype=object),
         "tensor": tensors,
     }
@@ -76,7 +82,7 @@ def results_from_batch(batch: Mapping[str, np.ndarray]) -> list[DecodeResult]:
     """The inverse of ``decode_batch``'s packing."""
     out = []
     for i in range(len(batch["path"])):
-        file = InputFile(str(batch["path"][i]), str(batch["relpath"][i]), int(batch["size"][i]))
+        file = InputFile(os.fsdecode(batch["path"][i]), os.fsdecode(batch["relpath"][i]), int(batch["size"][i]))
         ok = bool(batch["decoded"][i])
         out.append(DecodeResult(
             file, np.asarray(batch["tensor"][i], dtype=np.float32) if ok else None,
