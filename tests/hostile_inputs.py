@@ -201,6 +201,26 @@ def write(path: Path, data: bytes) -> Path:
     return path
 
 
+def dicom_element_bomb(n_elements: int = 2_000_000) -> bytes:
+    """A DICOM file whose dataset is ``n_elements`` distinct empty private elements
+    (8 bytes each, implicit VR): tiny per element, huge for a parser that keeps them all."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2"  # implicit VR little endian
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = SOP_UID
+    fp = DicomBytesIO()
+    write_file_meta_info(fp, meta, enforce_standard=True)
+    i = np.arange(n_elements, dtype=np.uint32)
+    elements = np.zeros((n_elements, 4), "<u2")
+    elements[:, 0] = 0x0011 + 2 * (i >> 16)  # odd (private) groups, so every tag is distinct
+    elements[:, 1] = i & 0xFFFF
+    return b"\0" * 128 + b"DICM" + fp.getvalue() + elements.tobytes()
+
+
 def bombs(directory: Path) -> dict[str, Path]:
     """One file per issue-7 bomb; each must become one error row, fast, in little memory."""
     return {
@@ -212,6 +232,10 @@ def bombs(directory: Path) -> dict[str, Path]:
         "dicom_truncated": write(directory / "truncated.dcm", dicom_bytes(_ramp16(64, 64))[:-3000]),
         "tiff_5000_pages": write(directory / "pages_5000.tif", tiff_many_pages(5000)),
         "tiff_cycle": write(directory / "pages_cycle.tif", tiff_many_pages(3, cycle=True)),
+        # A real header, then 20 MB of zeros (a preallocated file cut short): pydicom would
+        # read the zeros as millions of 8-byte elements (~10 s).
+        "dicom_zero_filled": write(directory / "zero_filled.dcm", dicom_bytes()[:300] + bytes(20 << 20)),
+        "dicom_2m_elements": write(directory / "elements.dcm", dicom_element_bomb()),
     }
 
 
