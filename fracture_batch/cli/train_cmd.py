@@ -100,6 +100,10 @@ def train(data_dir, out_dir, resume_dir, **opts) -> None:
         result = fit(config, resume=resume_dir is not None)
     except (FileExistsError, FileNotFoundError, ValueError, RuntimeError, PretrainedError) as exc:
         raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: continue from the last finished epoch with "
+                   f"`fracture-batch train --resume {config.out_dir}`", err=True)
+        raise SystemExit(130) from None
     _echo_summary(result)
 
 
