@@ -157,6 +157,39 @@ def _png_chunks_fit(data: bytes) -> bool:
     return False
 
 
+def _jpeg_exif_fits(data: bytes) -> bool:
+    """Every IFD of a JPEG's EXIF block lies inside its APP1 segment. DALI's EXIF reader
+    trusts the entry count: IFD0 claiming 32,513 entries in a 34-byte segment made it read
+    past the buffer and crash the process (SIGSEGV; tests/fuzz_regressions/jpeg-exif-ifd-
+    count-segfault.jpg)."""
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker, length = data[pos + 1], int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker in (0xD9, 0xDA):
+            return True
+        segment = data[pos + 4 : pos + 2 + length]
+        if marker == 0xE1 and segment[:6] == b"Exif\0\0" and not _tiff_ifds_fit(segment[6:]):
+            return False
+        pos += 2 + length
+    return True
+
+
+def _tiff_ifds_fit(tiff: bytes, max_ifds: int = 8) -> bool:
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return False
+    order = "little" if tiff[:2] == b"II" else "big"
+    offset, seen = int.from_bytes(tiff[4:8], order), set()
+    while offset and offset not in seen and len(seen) < max_ifds:
+        seen.add(offset)
+        if offset + 2 > len(tiff):
+            return False
+        end = offset + 2 + 12 * int.from_bytes(tiff[offset : offset + 2], order)
+        if end + 4 > len(tiff):
+            return False
+        offset = int.from_bytes(tiff[end : end + 4], order)
+    return True
+
+
 class DaliPreprocessor:
     """Decode + resize + normalise batches with DALI; one instance per decode thread."""
 
@@ -301,6 +334,8 @@ class DaliPreprocessor:
             info = None  # the Python decoders read some layouts PIL's header parser cannot
         if info is not None and info.format == "png" and not _png_chunks_fit(data):
             info = None  # to the Python decoders, which read only what is there
+        if info is not None and info.format == "jpeg" and not _jpeg_exif_fits(data):
+            info = None  # to the Python decoders: PIL reads a corrupt EXIF block safely
         if info is not None and info.format in DALI_FORMATS and info.meta.get("pil_mode") in DALI_MODES:
             return (ENCODED16 if info.bit_depth == 16 else ENCODED8), np.frombuffer(data, np.uint8), info
         holder = [None]
