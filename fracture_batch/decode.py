@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import os
 import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -230,10 +231,46 @@ def _open_checked(path: Path, data: bytes | None, max_pixels: int):
         raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
     try:
         check_size(*img.size, max_pixels)
+        if img.format == "PNG":
+            _check_png_data_fits(path, data)
     except DecodeError:
         img.close()
         raise
     return img, _format_name(img, path)
+
+
+PNG_MAX_DEFLATE_RATIO = 1032  # deflate's bound: a 258-byte match costs at least 2 bits
+
+
+def _check_png_data_fits(path: Path, data: bytes | None) -> None:
+    """Refuse a PNG whose IDAT chunks are too small to hold the image its header claims
+    even at deflate's maximum ratio. PIL ends quietly when the zlib stream does: an 81-byte
+    file claiming 16 x 6,160,396 16-bit pixels decoded as 12 real rows, ~1 GB of zeros and
+    an "ok" row (found by tests/test_fuzz.py). Only chunk headers are read."""
+    f = io.BytesIO(data) if data is not None else open(path, "rb")
+    with f:
+        size = len(data) if data is not None else os.fstat(f.fileno()).st_size
+        head = f.read(33)
+        if len(head) < 33 or head[12:16] != b"IHDR":
+            return
+        w, h, depth, colour = struct.unpack(">IIBB", head[16:26])
+        channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 1)
+        needed = h * ((w * channels * depth + 7) // 8)  # without filter bytes: a lower bound
+        pos, compressed = 33, 0
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk = f.read(8)
+            length = int.from_bytes(chunk[:4], "big")
+            if chunk[4:8] == b"IDAT":
+                compressed += min(length, size - pos - 8)  # a length may lie; the file cannot
+            elif chunk[4:8] == b"IEND":
+                break
+            pos += 12 + length
+    if compressed * PNG_MAX_DEFLATE_RATIO < needed:
+        raise DecodeError(
+            f"PNG holds {compressed:,} bytes of image data, too few for the {w}x{h} image its "
+            "header claims: truncated or corrupt"
+        )
 
 
 def _format_name(img, path: Path) -> str:
