@@ -159,7 +159,7 @@ class XrayDataset:
                 return None, cached, index
             gray = cached if cached is not None else self.load_reduced(index)
             if self.train:
-                t = self.transform(torch.from_numpy(np.ascontiguousarray(gray))[None])
+                t = self.transform(torch.tensor(gray, dtype=torch.float32)[None])  # copy: cache stays intact
                 x = normalize_gray(t[0].clamp_(0.0, 1.0).numpy(), self.spec)
             elif cached is not None:
                 x = normalize_gray(gray, self.spec)  # resize already done: same as to_model_input
