@@ -228,3 +228,13 @@ def test_bench_train_measures_one_precision_and_renders_table():
     assert row["autocast"] == "bfloat16" and row["images_per_s"] > 0 and row["repeats"] == 1
     row.update(train_gflop_per_image=0.1, achieved_gflops=1.0, speedup_vs_fp32=1.0)
     assert "| bf16 | resnet18 | 32 | 4 |" in markdown({"machine": {}, "rows": [row]})
+
+
+def test_no_augment_trains_on_the_scorers_preprocessing(tiny_data, tmp_path):
+    from train.fit import prepare_data
+
+    base = dict(data_dir=tiny_data, out_dir=tmp_path, num_workers=0, progress=False)
+    on = prepare_data(TrainConfig(**base), ModelSpec(input_size=32), {})
+    off = prepare_data(TrainConfig(**base, augment=False), ModelSpec(input_size=32), {})
+    assert on.datasets["train"].train and not off.datasets["train"].train
+    assert not on.datasets["val"].train and on.counts["val"] == {"fractured": 2, "not_fractured": 2}

@@ -67,7 +67,9 @@ def prepare_data(config: TrainConfig, spec: ModelSpec, bad: dict[str, str]) -> _
     class_names = D.resolve_class_names(config.data_dir, config.positive_class)
     samples = {s: D.scan_split(config.data_dir, s, class_names) for s in D.SPLITS}
     counts = {s: D.class_counts(v, class_names) for s, v in samples.items()}
-    datasets = {s: D.XrayDataset(v, spec.replace(class_names=class_names), train=(s == "train"))
+    # train=True means augmented; --no-augment trains on the scorer's exact preprocessing.
+    datasets = {s: D.XrayDataset(v, spec.replace(class_names=class_names),
+                                 train=(s == "train" and config.augment))
                 for s, v in samples.items()}
     if config.cache:
         for s, ds in datasets.items():
