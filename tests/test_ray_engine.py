@@ -281,3 +281,32 @@ def test_worker_count_leaves_a_cpu_for_decoding():
         resolve_workers(RayConfig(workers=5, gpus_per_worker=1), {"CPU": 32, "GPU": 4})
     with pytest.raises(BackendError, match="has 0 GPU"):
         resolve_workers(RayConfig(gpus_per_worker=1), {"CPU": 8})
+
+
+@needs_ray
+def test_cli_engine_ray_scores_and_prints_the_summary(ray_local, models, tmp_path):
+    from click.testing import CliRunner
+
+    from fracture_batch.cli import main
+
+    _, onnx_path = models
+    modelgen.write_images(tmp_path / "in", 3)
+    res = CliRunner().invoke(main, ["score", str(tmp_path / "in"), "--model", str(onnx_path), "--out",
+                                    str(tmp_path / "out"), "--engine", "ray", "--workers", "1",
+                                    "--gpus-per-worker", "0", "--batch-size", "2", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "python (Ray tasks)" in res.output and len(_rows(tmp_path / "out")) == 3
+    assert sink.read_success(tmp_path / "out")["engine"] == "ray"
+
+
+def test_cli_engine_ray_without_ray_says_what_to_install_in_one_line(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from fracture_batch.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    (tmp_path / "in").mkdir()
+    res = CliRunner().invoke(main, ["score", str(tmp_path / "in"), "--model", str(tmp_path / "m.onnx"),
+                                    "--out", str(tmp_path / "out"), "--engine", "ray"])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines() == [f"Error: {INSTALL_HINT}"]

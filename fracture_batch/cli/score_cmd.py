@@ -9,6 +9,7 @@ import click
 from fracture_batch.backends.base import BackendKind, DeviceKind
 from fracture_batch.decoders import DecoderKind, IdentifierMode
 from fracture_batch.runner_support import DecodeIsolation
+from fracture_batch.scaleout import Engine
 
 
 def _choice(enum_cls) -> click.Choice:
@@ -57,9 +58,21 @@ def _choice(enum_cls) -> click.Choice:
 @click.option("--engine-cache", type=click.Path(file_okay=False, path_type=str), default=None,
               help="onnxruntime TensorRT EP engine cache directory (default: OUT/_engine_cache).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--engine", type=_choice(Engine), default=Engine.LOCAL.value,
+              help="local: this machine's overlapped runner. ray: Ray Data on a Ray cluster, same rows and "
+                   "resume (pip install 'fracture-batch[ray]'; README 'Scoring on a Ray cluster').")
+@click.option("--address", default=None, show_default=False,
+              help="--engine ray: cluster address, 'auto' or ray://HOST:10001 (default: $RAY_ADDRESS, "
+                   "else a private Ray instance on this machine).")
+@click.option("--workers", type=click.IntRange(0), default=0,
+              help="--engine ray: Predictor actors (0: one per GPU share, or 3/4 of the cluster's CPUs).")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0.0), default=0.0,
+              help="--engine ray: GPUs each actor reserves (0: CPU actors; 0.5: two actors share a GPU).")
+@click.option("--cpus-per-worker", type=click.FloatRange(min=0.0, min_open=True), default=1.0,
+              help="--engine ray: CPUs each actor reserves (also its inference threads).")
 def score(inputs, model, out, backend, device, decoder, batch_size, decode_workers, intra_op_threads,
           decode_isolation, decode_timeout, part_rows, part_seconds, resume, overwrite, max_pixels, dicom_ids,
-          uid_salt, amp, engine_cache, progress):
+          uid_salt, amp, engine_cache, progress, engine, address, workers, gpus_per_worker, cpus_per_worker):
     """Score every file under INPUTS (directories or files, walked recursively) into --out.
 
     One Parquet row per input file: path, relpath, status (ok|error), error, prob_fractured,
@@ -83,7 +96,14 @@ def score(inputs, model, out, backend, device, decoder, batch_size, decode_worke
     bar = ProgressBar(enabled=show)
     previous = _sigterm_as_interrupt()
     try:
-        summary = run_score(cfg, on_progress=bar.update, on_start=lambda s: click.echo(start_line(s), err=True))
+        if Engine(engine) is Engine.RAY:  # RayNotInstalledError (a RuntimeError): the one-line install hint
+            from fracture_batch.scaleout.ray_engine import RayConfig, run_ray
+
+            ray_cfg = RayConfig(address=address, workers=workers, gpus_per_worker=gpus_per_worker,
+                                cpus_per_worker=cpus_per_worker, progress=show)
+            summary = run_ray(cfg, ray_cfg, on_start=lambda s: click.echo(start_line(s), err=True))
+        else:
+            summary = run_score(cfg, on_progress=bar.update, on_start=lambda s: click.echo(start_line(s), err=True))
     except (SinkError, BackendError, ScoreAborted, RuntimeError) as exc:  # RuntimeError: e.g. no DALI
         raise click.ClickException(str(exc)) from None
     finally:
