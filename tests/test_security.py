@@ -6,7 +6,7 @@ path-like DICOM header values, a disk that fills up, an output location that can
 written. Inputs are crafted in code (tests/hostile_inputs.py); models are the tiny
 resnet18 of tests/modelgen.py. Runs that measure memory or inject a slow decoder run in a
 subprocess (so the measurement and the injection cover the decode child processes too).
-docs/security.md is the user-facing account of what these tests prove.
+README.md "Security and privacy" is the user-facing account of what these tests prove.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ writable or locked, model not loadable *on the workers*, another model's results
 --out) stop before any input is read; one row per input, error rows for bad files;
 re-running resumes (committed inputs are skipped; files staged by a killed run are
 recovered, see ``staging``); ``_SUCCESS`` is written last. The output directory must be
-on storage every node and the driver see at the same path (see docs/ray.md).
+on storage every node and the driver see at the same path (see README.md, "Scoring on a Ray cluster").
 """
 from __future__ import annotations
 
