@@ -70,6 +70,9 @@ class ArrayCalibrationReader:
         return _Reader()
 
 
+CALIB_PERCENTILE = 99.99
+
+
 def _quant_settings(flavour: Int8Flavour) -> dict:
     from onnxruntime.quantization import QuantType
 
@@ -112,17 +115,26 @@ def quantize_int8(
     ``pre_process``) into ``out_path``."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
+    # onnxruntime's percentile calibrator stacks every batch's activations into one array,
+    # so all batches must have the same size: the largest batch size that divides N.
+    batch_size = max(b for b in range(1, max(1, min(batch_size, len(calib_inputs))) + 1)
+                     if len(calib_inputs) % b == 0)
     reader = ArrayCalibrationReader(calib_inputs, batch_size).as_ort_reader()
+    settings = _quant_settings(flavour)
+    settings["extra_options"] = {**settings["extra_options"], "CalibPercentile": CALIB_PERCENTILE}
     quantize_static(
         str(source_path),
         str(out_path),
         reader,
         quant_format=QuantFormat.QDQ,
         per_channel=True,
-        # MinMax over all calibration images: deterministic, and ResNet activations after
-        # BN/Relu have no long outlier tails that would call for percentile clipping.
-        calibrate_method=CalibrationMethod.MinMax,
-        **_quant_settings(flavour),
+        # Percentile (99.99 %) rather than MinMax: a few outlier activations stretch MinMax
+        # scales, which the symmetric TensorRT flavour (half its range unused after ReLU)
+        # cannot afford. On the demo's ResNet50 (428 test images) MinMax gave the TensorRT
+        # flavour 97.9 % agreement and |dAUC| 0.0087 (bar missed); percentile gave 99.5 %
+        # and 0.0011, and the onnxruntime flavour improved too (max|dp| 0.11 -> 0.067).
+        calibrate_method=CalibrationMethod.Percentile,
+        **settings,
     )
     log.info("wrote %s (%s flavour, %d calibration images)", out_path, flavour.value, len(calib_inputs))
     return Path(out_path)
