@@ -158,27 +158,32 @@ class TrainConfig:
 # (with ImageNet weights, pass a lower backbone_lr). No augmentation: within a 12-epoch
 # budget from scratch it slowed learning (resnet18 proxy on 2,004 synthetic images, 10
 # epochs: val accuracy 0.59 with augmentation vs 0.69-0.71 without).
+# From random init the network only starts to separate the classes after ~5 unfrozen
+# epochs, so the StepLR drop comes at 10, not the seed's 7: with the drop at 7 the demo
+# plateaued at 0.84 validation accuracy (0.855 test); with it at 10, validation reached
+# 0.90 by epoch 9 (measured on the demo data, seed 0). One frozen epoch: with random
+# features the head-only phase only shows the "frozen" baseline.
 DEMO_TRAIN_CONFIG = TrainConfig(
     data_dir=Path("."),
     out_dir=Path("."),
     arch="resnet50",
     image_size=112,
-    frozen_epochs=2,
-    epochs=12,
+    frozen_epochs=1,
+    epochs=14,
     unfreeze=Unfreeze.ALL,
     batch_size=32,
     lr=1e-3,
     backbone_lr=1e-3,
-    step_size=7,
+    step_size=10,
     gamma=0.1,
-    patience=4,
+    patience=5,
     augment=False,
     cache=True,
     num_workers=2,
     seed=0,
     pretrained="auto",
     bootstrap=500,
-    max_minutes=9.0,
+    max_minutes=10.0,
 )
 
 
