@@ -150,12 +150,12 @@ class TrainConfig:
 
 
 # The demo's training recipe: ResNet50 from random initialisation on a 2-core CPU within
-# ~9 minutes (bf16 autocast, channels_last, fused Adam, 112 px, decoded-image cache).
-# Sizing (see the train engineer's notes in the README): a quiet 2-core AVX-512-BF16 CPU
-# trains ResNet50 at ~60 images/s at 112 px in bf16, so ~2,000 training images x 12
-# unfrozen epochs fit the budget; ``max_minutes`` guarantees it on a slower machine.
+# ~10 minutes (bf16 autocast, channels_last, fused Adam, 112 px, decoded-image cache).
+# Sizing: a quiet 2-core AVX-512-BF16 CPU trains ResNet50 at ~60 images/s at 112 px in
+# bf16 (benchmarks/results/train_cpu_amp.md), so ~2,000 training images x 14 unfrozen
+# epochs fit the budget; ``max_minutes`` guarantees it on a slower machine.
 # The backbone learns at the head's rate: from random init there is nothing to preserve
-# (with ImageNet weights, pass a lower backbone_lr). No augmentation: within a 12-epoch
+# (with ImageNet weights, pass a lower backbone_lr). No augmentation: within a 14-epoch
 # budget from scratch it slowed learning (resnet18 proxy on 2,004 synthetic images, 10
 # epochs: val accuracy 0.59 with augmentation vs 0.69-0.71 without).
 # From random init the network only starts to separate the classes after ~5 unfrozen
