@@ -128,7 +128,10 @@ class ProcessDecoder:
     ``__main__``, which breaks scripts without an ``if __name__ == "__main__"`` guard).
     """
 
-    batch_size = 1
+    # Files in flight per child: it decodes the next one while this thread receives the
+    # last result, instead of idling a round trip per file (measured: +10-20 % images/s
+    # end to end with the int8 model on 2 cores). Small, so the paths never fill the pipe.
+    batch_size = 4
 
     def __init__(self, spec: ModelSpec, opts: DecodeOptions, timeout_s: float):
         self.spec, self.opts, self.timeout_s = spec, opts, timeout_s
@@ -165,21 +168,36 @@ class ProcessDecoder:
             raise RuntimeError(f"the decoder process did not start within {_STARTUP_TIMEOUT_S:g}s")
 
     def decode(self, files: list[InputFile]) -> list[DecodeResult]:
-        return [self._decode(f) for f in files]
+        results: list[DecodeResult | None] = [
+            DecodeResult(f, None, f.error) if f.error else None for f in files]
+        todo = [i for i, f in enumerate(files) if not f.error]
+        while todo:
+            if self._proc is None or self._proc.poll() is not None:
+                self._start()
+            try:
+                for i in todo:
+                    self._tx.send(dataclasses.astuple(files[i]))
+            except OSError:  # died before reading its work: the next receive reports it
+                pass
+            for n, i in enumerate(todo):
+                results[i] = self._receive(files[i])
+                if self._proc is None:  # killed on that file: resend the rest to a new child
+                    todo = todo[n + 1:]
+                    break
+            else:
+                todo = []
+        return results  # type: ignore[return-value]
 
-    def _decode(self, file: InputFile) -> DecodeResult:
-        if file.error:
-            return DecodeResult(file, None, file.error)
-        if self._proc is None or self._proc.poll() is not None:
-            self._start()
+    def _receive(self, file: InputFile) -> DecodeResult:
+        """The child's result for ``file`` (the oldest in flight); on a timeout or a crash
+        the child is killed and ``file`` gets the error row."""
         t0 = time.perf_counter()
         try:
-            self._tx.send(dataclasses.astuple(file))
             if self._rx.poll(self.timeout_s):
                 return self._rx.recv()
             msg = (f"decoding took longer than --decode-timeout={self.timeout_s:g}s; "
                    "skipped (the file may be pathological, or raise the timeout)")
-        except (EOFError, OSError, BrokenPipeError):
+        except (EOFError, OSError):
             msg = "the decoder process died on this file (crash in a native decoder?)"
         self._kill()
         self.restarts += 1

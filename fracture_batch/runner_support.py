@@ -50,17 +50,23 @@ def cpu_count() -> int:
 
 
 def resolve_threads(decode_workers: int = 0, intra_op: int = 0, cores: int | None = None) -> Threads:
-    """Split the cores between decoding and inference so together they do not oversubscribe.
+    """Decode workers and inference threads.
 
-    Default: a quarter of the cores (at least 1) decode, the rest run the model: ResNet50
-    costs ~4 GMAC an image against a few ms of decode, so inference gets the lion's share.
-    An explicit value for one side leaves the rest to the other.
+    Default: inference gets every core and half the cores (at least 1) decode, sharing
+    them. That is more runnable threads than cores, on purpose: onnxruntime's workers do
+    not spin-wait (the backend turns spinning off) and each decode child is single
+    threaded (OMP/BLAS = 1), so the OS hands a core to whichever stage has work. A strict
+    split leaves a core idle whenever its stage waits: measured on 2 cores, 600 small
+    images, int8 ResNet50, one decode process + one inference thread gave 80 images/s,
+    one decode process + two inference threads 113, two + two 117 (and 20 vs 16.5
+    images/s on 12-bit 2000x2500 archives, where decoding bounds).
+    An explicit value for either side is used as given.
     """
     cores = cores or cpu_count()
     if decode_workers <= 0:
-        decode_workers = max(1, round(cores / 4)) if intra_op <= 0 else max(1, cores - intra_op)
+        decode_workers = max(1, cores // 2)
     if intra_op <= 0:
-        intra_op = max(1, cores - decode_workers)
+        intra_op = cores
     return Threads(decode_workers, intra_op)
 
 

@@ -183,12 +183,20 @@ def test_decode_timeout_kills_the_worker_and_goes_on(tmp_path):
     os.mkfifo(fifo)
     good = modelgen.write_images(tmp_path, 1)[0]
     dec = ProcessDecoder(modelgen.tiny_spec(), DecodeOptions(), timeout_s=1.0)
+    ok_file = InputFile(str(good), good.name, 1)
+    # Several files are in flight per child: the ones sent after the stuck file go to its
+    # replacement, in order, and a file already known bad never reaches a child.
+    files = [ok_file, InputFile(str(fifo), "stuck.png", 1), ok_file, InputFile("gone", "gone", 0, "missing"), ok_file]
     try:
-        stuck, ok = dec.decode([InputFile(str(fifo), "stuck.png", 1), InputFile(str(good), good.name, 1)])
+        results = dec.decode(files)
     finally:
         dec.close()
+    assert [r.file for r in results] == files
+    stuck = results[1]
     assert stuck.tensor is None and "--decode-timeout=1s" in stuck.error
-    assert ok.error is None and ok.tensor.shape == (3, modelgen.INPUT_SIZE, modelgen.INPUT_SIZE)
+    assert results[3].error == "missing"
+    for ok in (results[0], results[2], results[4]):
+        assert ok.error is None and ok.tensor.shape == (3, modelgen.INPUT_SIZE, modelgen.INPUT_SIZE)
     assert dec.restarts == 1
 
 
@@ -211,12 +219,12 @@ def test_interrupt_commits_complete_rows(models, tmp_path, monkeypatch):
     assert len(paths) == len(set(paths)) == 12 and s.already_done + s.scored == 12
 
 
-def test_thread_split_never_oversubscribes():
+def test_thread_defaults_share_the_cores():
     for cores in (1, 2, 4, 16, 64):
         t = resolve_threads(cores=cores)
-        assert t.decode_workers >= 1 and t.intra_op >= 1
-        assert t.decode_workers + t.intra_op == max(2, cores)
-    assert resolve_threads(decode_workers=3, cores=8) == runner.resolve_threads(3, 5, cores=8)
+        assert t.intra_op == cores and t.decode_workers == max(1, cores // 2)
+    assert resolve_threads(decode_workers=3, cores=8) == runner.resolve_threads(3, 8, cores=8)
+    assert resolve_threads(decode_workers=1, intra_op=1, cores=8) == runner.resolve_threads(1, 1)
 
 
 def test_stage_memory_is_flat_in_the_number_of_files():
