@@ -80,11 +80,11 @@ def build_variants(model, spec, work: Path, calib: np.ndarray, wanted: tuple[str
         files["fp32.ortopt"] = work / "fp32.ortopt.onnx"
     pre = pre_process(files["fp32"], work / "pre.onnx")
     if "int8.noprep" in wanted:
-        files["int8.noprep"] = quantize_int8(files["fp32"], work / "int8.noprep.onnx", calib, Int8Flavour.ORT)
+        files["int8.noprep"] = quantize_int8(files["fp32"], work / "int8.noprep.onnx", calib, Int8Flavour.ORT, spec=spec)
     if "int8" in wanted:
-        files["int8"] = quantize_int8(pre, work / "int8.onnx", calib, Int8Flavour.ORT)
+        files["int8"] = quantize_int8(pre, work / "int8.onnx", calib, Int8Flavour.ORT, spec=spec)
     if "int8.trt" in wanted:
-        files["int8.trt"] = quantize_int8(pre, work / "int8.trt.onnx", calib, Int8Flavour.TENSORRT)
+        files["int8.trt"] = quantize_int8(pre, work / "int8.trt.onnx", calib, Int8Flavour.TENSORRT, spec=spec)
     if "fp16" in wanted:
         files["fp16"] = export_fp16(model, spec, work / "fp16.onnx", opset=opset)
     return {k: v for k, v in files.items() if k in wanted}

@@ -52,7 +52,7 @@ def _write_variant(variant: Variant, model, spec: ModelSpec, config: ExportConfi
                 pre_process(fp32_path, quant_source)
             else:
                 shutil.copyfile(fp32_path, quant_source)
-        quantize_int8(quant_source, path, calib, flavour, batch_size=config.batch_size)
+        quantize_int8(quant_source, path, calib, flavour, spec=spec, batch_size=config.batch_size)
     stamp_and_check(path, spec, variant.value)
     return path
 

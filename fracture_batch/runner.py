@@ -125,13 +125,13 @@ def _score_locked(cfg, roots, out: Path, started: float, on_progress, on_start) 
         options=BackendOptions(intra_op_threads=threads.intra_op, amp=cfg.amp, engine_cache_dir=engine_cache),
         decode_options=DecodeOptions(max_pixels=cfg.max_pixels, identifiers=cfg.identifiers, uid_salt=cfg.uid_salt),
     )
-    index = _prepare_dataset(cfg, out, predictor.model_sha256)
+    index = prepare_dataset(cfg, out, predictor.model_sha256)
     decoder_name, make_decoder = create_decoder_factory(cfg, predictor, threads)
     summary = ScoreSummary(
         out=str(out), backend=predictor.resolution.backend.value, backend_detail=predictor.backend.description,
         backend_reason=predictor.resolution.reason, device=predictor.resolution.device.value, decoder=decoder_name,
         threads={"decode_workers": threads.decode_workers, "intra_op": threads.intra_op},
-        started_at=_iso(started),
+        started_at=iso_time(started),
     )
     log.info("scoring with %s; decoder %s; %d decode worker(s)", summary.backend_detail, decoder_name,
              threads.decode_workers)
@@ -162,8 +162,8 @@ def _score_locked(cfg, roots, out: Path, started: float, on_progress, on_start) 
         predictor.close()
         _fill_summary(summary, stages, stats, writer, time.perf_counter() - t0)
     summary.dataset_rows = len(index) + writer.rows_written
-    summary.finished_at = _iso(time.time())
-    payload = summary.to_dict() | {"spec": predictor.spec.to_dict(), "versions": _versions(),
+    summary.finished_at = iso_time(time.time())
+    payload = summary.to_dict() | {"spec": predictor.spec.to_dict(), "versions": package_versions(),
                                    "model": str(predictor.model_path), "model_sha256": predictor.model_sha256}
     try:
         sink.write_success(out, payload)
@@ -175,7 +175,9 @@ def _score_locked(cfg, roots, out: Path, started: float, on_progress, on_start) 
     return summary
 
 
-def _prepare_dataset(cfg: ScoreConfig, out: Path, model_sha: str) -> sink.ResumeIndex:
+def prepare_dataset(cfg: ScoreConfig, out: Path, model_sha: str) -> sink.ResumeIndex:
+    """Make ``out`` ready for a run (both engines): clear it (--overwrite) or index what
+    is committed (resume), refusing results of another model."""
     sink.remove_stale_temp(out)
     if cfg.overwrite:
         n = sink.clear_output(out)
@@ -215,11 +217,13 @@ def _fill_summary(summary: ScoreSummary, stages: Stages, stats: DiscoveryStats, 
     summary.skipped = list(stats.skipped)
 
 
-def _iso(t: float) -> str:
+def iso_time(t: float) -> str:
+    """UTC ISO-8601 for _SUCCESS."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
-def _versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
+    """Versions of the packages a score depends on, for _SUCCESS."""
     from importlib import metadata
 
     out = {}

@@ -117,7 +117,7 @@ def clear_output(out: Path) -> int:
         p.unlink()
     (out / SUCCESS_NAME).unlink(missing_ok=True)
     remove_stale_temp(out)
-    _fsync_dir(out)
+    fsync_dir(out)
     return len(parts)
 
 
@@ -197,7 +197,7 @@ class PartWriter:
         try:
             self._write_file(table, tmp)
             os.replace(tmp, final)
-            _fsync_dir(self.out)
+            fsync_dir(self.out)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -232,7 +232,7 @@ def write_success(out: Path, summary: dict[str, Any]) -> Path:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(out)
+    fsync_dir(out)
     return path
 
 
@@ -243,7 +243,7 @@ def read_success(out: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     # The rename is durable only once the directory entry is on disk.
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -9,11 +9,13 @@ import json
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import pytest
 
 from export import ExportConfig, ParityBars, ParityError, Precision, export_model
 from export.config import Variant
 from export.parity import onnx_logits, torch_logits
+from export.quantize import input_range
 from export.tensorrt_build import TensorRTUnavailable
 from fracture_batch.models import load_checkpoint
 from fracture_batch.onnx_meta import VARIANT_METADATA_KEY, read_metadata, read_spec_from_onnx
@@ -82,6 +84,25 @@ def test_int8_flavours_have_the_qdq_form_each_runtime_needs(exported):
     for flavour in ("int8", "int8.trt"):
         assert d[flavour]["per_channel_weight_tensors"] >= 20  # resnet18: 20 convs + fc
         assert d[flavour]["weight_zero_points_all_zero"]
+        assert d[flavour]["fp32_conv_gemm_nodes"] == []  # every Conv/Gemm runs in int8
+
+
+def test_int8_image_range_comes_from_the_spec_not_from_calibration(exported):
+    """Percentile calibration would saturate the brightest pixels (bone); the input's
+    Q/DQ must span the exact range of normalised [0, 1] pixels."""
+    ckpt, _, out, _, _ = exported
+    _, spec = load_checkpoint(ckpt)
+    lo, hi = input_range(spec)
+    assert lo == pytest.approx(min((0 - m) / s for m, s in zip(spec.mean, spec.std)))
+    for variant, qmax in ((Variant.INT8, 255), (Variant.INT8_TRT, 127)):
+        graph = onnx.load(str(out / variant.filename)).graph
+        inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        q = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == graph.input[0].name)
+        scale, zp = float(inits[q.input[1]]), int(inits[q.input[2]])
+        # The quantised grid reaches the top of the range (to rounding of the zero point).
+        assert (qmax - zp) * scale == pytest.approx(hi, abs=2 * scale)
+        if variant is Variant.INT8:
+            assert -zp * scale == pytest.approx(lo, abs=2 * scale)
 
 
 def test_files_carry_spec_and_pass_checker_with_dynamic_batch(exported):

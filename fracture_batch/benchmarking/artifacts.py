@@ -4,9 +4,9 @@
 ``model.int8.onnx``, ``model.int8.trt.onnx``, optionally ``model.pt``) or a checkpoint.
 Without it the bench builds a randomly initialised model of the chosen arch (speed does
 not depend on the weights' values) and exports it itself: fp32 with the torch exporter,
-int8 as uint8-activation Q/DQ via onnxruntime's static quantiser calibrated on a few
-synthetic radiograph-like inputs. Files made here carry the model spec in their
-metadata like export's, so the real backends load them unchanged.
+int8 with export's own quantiser (uint8-activation Q/DQ) calibrated on a few synthetic
+radiograph-like inputs. Files made here carry the model spec in their metadata like
+export's, so the real backends load them unchanged.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fracture_batch.spec import SPEC_METADATA_KEY, ModelSpec
+from fracture_batch.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -147,14 +147,9 @@ def _checkpoint_from_report(d: Path) -> Path | None:
 
 
 def _stamp(path: Path, spec: ModelSpec, variant: str) -> None:
-    import onnx
+    from export.onnx_export import stamp_and_check  # the same metadata export writes
 
-    m = onnx.load(str(path))
-    entry = m.metadata_props.add()
-    entry.key, entry.value = SPEC_METADATA_KEY, spec.to_json()
-    entry = m.metadata_props.add()
-    entry.key, entry.value = "fracture_batch.variant", variant
-    onnx.save_model(m, str(path))
+    stamp_and_check(path, spec, variant)
 
 
 def _export_fp32(torch_model, spec: ModelSpec, path: Path) -> Path:
@@ -174,40 +169,29 @@ def _export_fp32(torch_model, spec: ModelSpec, path: Path) -> Path:
     return path
 
 
-class _CalibReader:
+def _calib_inputs(spec: ModelSpec, n: int = 8) -> np.ndarray:
     """A few radiograph-like inputs (smooth gray ramps + noise, normalised by the spec)."""
+    from fracture_batch.preprocess import normalize_gray
 
-    def __init__(self, spec: ModelSpec, n: int = 8):
-        from fracture_batch.preprocess import normalize_gray
-
-        rng = np.random.default_rng(0)
-        s = spec.input_size
-        ramp = np.linspace(0, 1, s, dtype=np.float32)[None, :] * np.ones((s, 1), np.float32)
-        self.items = [{"input": normalize_gray(np.clip(ramp * rng.uniform(0.3, 1) + rng.normal(0, 0.1, (s, s)), 0, 1)
-                                               .astype(np.float32), spec)[None]} for _ in range(n)]
-
-    def get_next(self):
-        return self.items.pop() if self.items else None
-
-    def rewind(self):  # some onnxruntime versions call it
-        pass
+    rng = np.random.default_rng(0)
+    s = spec.input_size
+    ramp = np.linspace(0, 1, s, dtype=np.float32)[None, :] * np.ones((s, 1), np.float32)
+    return np.stack([normalize_gray(np.clip(ramp * rng.uniform(0.3, 1) + rng.normal(0, 0.1, (s, s)), 0, 1)
+                                    .astype(np.float32), spec) for _ in range(n)]).astype(np.float32)
 
 
 def _quantize_int8(fp32: Path, spec: ModelSpec, path: Path) -> Path:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    """export's quantiser (same Q/DQ form as ``model.int8.onnx``) on synthetic inputs:
+    the speed of a Q/DQ graph does not depend on its calibrated ranges."""
+    from export.quantize import Int8Flavour, pre_process, quantize_int8
 
-    # The quantiser's own advice: optimise + infer shapes first, so Conv biases are
-    # initializers (quantised to int32) and every Conv gets its Q/DQ pair.
     pre = path.with_name("model.preprocessed.onnx")
-    quant_pre_process(str(fp32), str(pre))
-    reader = type("Reader", (_CalibReader, CalibrationDataReader), {})(spec)
+    pre_process(fp32, pre)
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantiser logs one line per tensor on the root logger
     try:
-        quantize_static(str(pre), str(path), reader, quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+        quantize_int8(pre, path, _calib_inputs(spec), Int8Flavour.ORT, spec=spec)
     finally:
         root.setLevel(level)
     pre.unlink(missing_ok=True)

@@ -27,7 +27,8 @@ from fracture_batch import sink
 from fracture_batch.backends import BackendError, BackendKind, DeviceKind, file_sha256
 from fracture_batch.decode_stage import DecodeOptions
 from fracture_batch.discover import DiscoveryStats, check_roots, is_within, iter_inputs, resolve_roots
-from fracture_batch.runner import ScoreAborted, ScoreConfig, ScoreSummary, _iso, _prepare_dataset, _versions
+from fracture_batch.runner import (ScoreAborted, ScoreConfig, ScoreSummary, iso_time, package_versions,
+                                   prepare_dataset)
 from fracture_batch.runner_support import iter_chunks, run_info
 from fracture_batch.scaleout import staging
 from fracture_batch.scaleout.ray_stages import PredictStage, decode_batch, probe, work_table
@@ -197,13 +198,13 @@ def _run_locked(ray, score_cfg: ScoreConfig, cfg: RayConfig, roots, out: Path, s
               decode_options=decode_options)
     facts = _probe(ray, score_cfg, cfg, kw)
     staging.recover(out, discard=score_cfg.overwrite)
-    index = _prepare_dataset(score_cfg, out, facts["model_sha256"])
+    index = prepare_dataset(score_cfg, out, facts["model_sha256"])
     summary = ScoreSummary(
         out=str(out), backend=facts["backend"], backend_detail=facts["description"],
         backend_reason=facts["reason"], device=facts["device"], decoder=DECODER_NAME,
         threads={"decode_workers": _decode_slots(cfg, workers, ray.cluster_resources()),
                  "intra_op": kw["options"]["intra_op_threads"], "ray_workers": workers},
-        started_at=_iso(started),
+        started_at=iso_time(started),
     )
     log.info("Ray: %d Predictor actor(s) (%g CPU, %g GPU each) on %s", workers, cfg.cpus_per_worker,
              cfg.gpus_per_worker, ray.cluster_resources())
@@ -235,10 +236,10 @@ def _run_locked(ray, score_cfg: ScoreConfig, cfg: RayConfig, roots, out: Path, s
     summary.images_per_s = round(rows / seconds, 2) if seconds > 0 else 0.0
     summary.skipped = list(stats.skipped)
     summary.dataset_rows = len(index) + rows
-    summary.finished_at = _iso(time.time())
+    summary.finished_at = iso_time(time.time())
     payload = summary.to_dict() | {
         "engine": "ray", "ray": dataclasses.asdict(cfg) | {"workers_resolved": workers},
-        "spec": ModelSpec.from_json(facts["spec_json"]).to_dict(), "versions": _versions() | _ray_version(ray),
+        "spec": ModelSpec.from_json(facts["spec_json"]).to_dict(), "versions": package_versions() | _ray_version(ray),
         "model": kw["model"], "model_sha256": facts["model_sha256"],
     }
     sink.write_success(out, payload)

@@ -72,7 +72,7 @@ def commit_staged(out: Path, directory: Path, run_id: str, expected_rows: int) -
         final = out / f"part-{run_id}-{seq:05d}.parquet"
         os.replace(f, final)
         parts.append(final)
-    sink._fsync_dir(out)
+    sink.fsync_dir(out)
     shutil.rmtree(directory, ignore_errors=True)
     return parts
 
@@ -108,5 +108,5 @@ def recover(out: Path, *, discard: bool = False) -> int:
             log.info("recovered %d row(s) staged by an interrupted Ray run", recovered)
     for d in dirs:
         shutil.rmtree(d, ignore_errors=True)
-    sink._fsync_dir(out)
+    sink.fsync_dir(out)
     return recovered
