@@ -218,8 +218,8 @@ READING = """How to read it:
   with the same fused ops; export keeps the pre-processing step onnxruntime recommends.
 - `fp16` on the CPU EP runs behind inserted casts (x86 has no fp16 Conv kernels here): it is
   written for GPUs (TensorRT, CUDA EP) and only checked for accuracy on the CPU.
-- Figures from a shared, loaded machine are noisy in absolute terms; the round-robin timing keeps
-  the ratios comparable. Re-run on a quiet machine for publishable numbers."""
+- The load average at the top tells whether anything else ran: on a loaded machine absolute
+  figures are noisy, while the round-robin timing keeps the ratios comparable."""
 
 
 def main(argv: list[str] | None = None) -> None:
