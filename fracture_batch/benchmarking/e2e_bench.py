@@ -30,19 +30,26 @@ def run_score_config(*, corpus_dir: str, model_path: str, backend: str, precisio
                      repeats: int, warmup_dir: str | None = None, decoder: str = "auto") -> list[Measurement]:
     from fracture_batch.runner import ScoreConfig, score
 
+    cpu: list[tuple[float, float]] = []  # per timed run: (this process, decode children) CPU s
+
     def once(inputs: str) -> tuple[Any, float]:
         out = tempfile.mkdtemp(prefix="fb-bench-score-")
         try:
             cfg = ScoreConfig(inputs=(inputs,), model=model_path, out=out, backend=backend, device="cpu",
                               decoder=decoder, batch_size=batch_size, overwrite=True, amp=precision == "bf16")
+            self0, kids0 = _cpu_seconds()
             t0 = time.perf_counter()
             summary = score(cfg)
-            return summary, time.perf_counter() - t0
+            wall = time.perf_counter() - t0
+            self1, kids1 = _cpu_seconds()  # decode children are reaped by then: their time counts
+            cpu.append((self1 - self0, kids1 - kids0))
+            return summary, wall
         finally:
             shutil.rmtree(out, ignore_errors=True)
 
     if warmup_dir:
         once(warmup_dir)
+        cpu.clear()
     runs = [once(corpus_dir) for _ in range(max(1, repeats))]
     summ = [s for s, _ in runs]
     rates = [s.scored / s.seconds for s in summ if s.seconds > 0]
@@ -54,10 +61,22 @@ def run_score_config(*, corpus_dir: str, model_path: str, backend: str, precisio
                       warmup=1 if warmup_dir else 0, images_per_s=summarize(rates).p50,
                       extra={"wall_s_with_load": [w for _, w in runs], "decoder": s0.decoder,
                              "backend_detail": s0.backend_detail, "threads": s0.threads,
-                             "run_s": [s.seconds for s in summ]})
+                             "run_s": [s.seconds for s in summ],
+                             # Where the cores went (model loading included, ~0.1-0.3 s a run):
+                             # inference + plumbing in the scoring process vs the decode children.
+                             "cpu_ms_per_image_main": summarize([c[0] * 1e3 / s.scored for c, s in zip(cpu, summ)]).p50,
+                             "cpu_ms_per_image_decode_children": summarize(
+                                 [c[1] * 1e3 / s.scored for c, s in zip(cpu, summ)]).p50})
     row.build_s = summarize([w - s.seconds for s, w in runs]).p50
     row.threads = s0.threads.get("intra_op")
     return [row]
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
 
 
 def run_naive_config(*, corpus_dir: str, checkpoint: str | None, arch: str, input_size: int,

@@ -48,6 +48,11 @@ def _decoder_threads(r: Measurement) -> str:
     return f"{r.extra.get('decoder', '')}{split}"
 
 
+def _cpu_split(r: Measurement) -> str:
+    main, kids = r.extra.get("cpu_ms_per_image_main"), r.extra.get("cpu_ms_per_image_decode_children")
+    return "" if main is None or kids is None else f"{main:.1f} + {kids:.1f}"
+
+
 def busy_warning(run: BenchRun) -> str:
     """A line saying the figures were taken on a busy machine, or '' when it was quiet.
     Other tenants' load slows each stage by a different, changing factor, so ratios
@@ -97,6 +102,7 @@ def markdown(run: BenchRun) -> str:
         ("images/s", lambda r: _f(r.images_per_s)), ("x naive", lambda r: _f(r.ratio_vs_naive, "{:.2f}")),
         ("of model-only", lambda r: _pct(r.fraction_of_model_only)), ("bound by", lambda r: r.bound_by),
         ("decoder, threads", _decoder_threads),
+        ("CPU ms/image: scoring process + decode children", _cpu_split),
         ("load s", lambda r: _f(r.build_s, "{:.2f}"))])]
     out += ["## Issue 4 figures (small regime)\n", targets_table(rows)]
     skipped = [r for r in rows if r.status in ("skipped", "error")]
