@@ -52,19 +52,21 @@ def cpu_count() -> int:
 def resolve_threads(decode_workers: int = 0, intra_op: int = 0, cores: int | None = None) -> Threads:
     """Decode workers and inference threads.
 
-    Default: inference gets every core and half the cores (at least 1) decode, sharing
+    Default: inference gets every core and half the cores (at least 2) decode, sharing
     them. That is more runnable threads than cores, on purpose: onnxruntime's workers do
     not spin-wait (the backend turns spinning off) and each decode child is single
     threaded (OMP/BLAS = 1), so the OS hands a core to whichever stage has work. A strict
     split leaves a core idle whenever its stage waits: measured on 2 cores, 600 small
     images, int8 ResNet50, one decode process + one inference thread gave 80 images/s,
-    one decode process + two inference threads 113, two + two 117 (and 20 vs 16.5
-    images/s on 12-bit 2000x2500 archives, where decoding bounds).
+    one decode process + two inference threads 113, two + two 117; on 12-bit 2000x2500
+    archives, where decoding bounds, two decode workers gave 20 images/s against 16.5 with
+    one, hence at least two. Memory: a decode worker holds ~100 MB for a typical
+    radiograph, up to ~1 GB for an image at --max-pixels.
     An explicit value for either side is used as given.
     """
     cores = cores or cpu_count()
     if decode_workers <= 0:
-        decode_workers = max(1, cores // 2)
+        decode_workers = max(2, cores // 2)
     if intra_op <= 0:
         intra_op = cores
     return Threads(decode_workers, intra_op)

@@ -222,7 +222,7 @@ def test_interrupt_commits_complete_rows(models, tmp_path, monkeypatch):
 def test_thread_defaults_share_the_cores():
     for cores in (1, 2, 4, 16, 64):
         t = resolve_threads(cores=cores)
-        assert t.intra_op == cores and t.decode_workers == max(1, cores // 2)
+        assert t.intra_op == cores and t.decode_workers == max(2, cores // 2)
     assert resolve_threads(decode_workers=3, cores=8) == runner.resolve_threads(3, 8, cores=8)
     assert resolve_threads(decode_workers=1, intra_op=1, cores=8) == runner.resolve_threads(1, 1)
 

@@ -30,7 +30,7 @@ def _choice(enum_cls) -> click.Choice:
               help="Decoder family. auto: DALI on a GPU, the Python decoders (PIL/pydicom) on CPU.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, help="Images per inference batch.")
 @click.option("--decode-workers", type=click.IntRange(0), default=0,
-              help="Decode workers (0: half the cores, at least 1). They share the cores with inference: "
+              help="Decode workers (0: half the cores, at least 2). They share the cores with inference: "
                    "onnxruntime threads do not spin, so the OS gives a core to whichever stage has work.")
 @click.option("--intra-op-threads", type=click.IntRange(0), default=0,
               help="Inference threads (0: every core).")
