@@ -44,6 +44,9 @@ def test_tiny_bench_measures_every_suite(tiny_run):
         assert r.status == "ok", r.note
         assert r.n_images == 8 and r.ratio_vs_naive > 0 and r.fraction_of_model_only > 0
         assert r.bound_by in ("decode", "inference")
+        # Where the cores went: the scoring process always uses CPU; decode children are
+        # the process-isolated decoders (the default), reaped before the figure is taken.
+        assert r.extra["cpu_ms_per_image_main"] > 0 and r.extra["cpu_ms_per_image_decode_children"] > 0
 
 
 def test_tiny_bench_writes_json_parquet_markdown_plots(tiny_run):
@@ -57,6 +60,7 @@ def test_tiny_bench_writes_json_parquet_markdown_plots(tiny_run):
     assert pq.read_table(out / "bench.parquet").num_rows == len(run.measurements)
     md = (out / "bench.md").read_text()
     assert "## Model only" in md and "onnxruntime" in md and "no CUDA GPU" in md
+    assert "Quick run: too few images" in md  # quick=True: the targets table says it cannot judge
     assert "score int8 ÷ naive" in (out / "README_section.md").read_text()
 
 

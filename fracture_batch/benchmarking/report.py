@@ -104,12 +104,21 @@ def markdown(run: BenchRun) -> str:
         ("decoder, threads", _decoder_threads),
         ("CPU ms/image: scoring process + decode children", _cpu_split),
         ("load s", lambda r: _f(r.build_s, "{:.2f}"))])]
-    out += ["## Issue 4 figures (small regime)\n", targets_table(rows)]
+    out += ["## Issue 4 figures (small regime)\n", _quick_caveat(run), targets_table(rows)]
     skipped = [r for r in rows if r.status in ("skipped", "error")]
     out += ["## Not measured here\n", table(skipped, [
         ("suite", lambda r: r.suite), ("what", lambda r: r.name), ("status", lambda r: r.status),
         ("reason", lambda r: r.note)])]
     return "\n".join(out)
+
+
+def _quick_caveat(run: BenchRun) -> str:
+    """With --quick the corpus is a few dozen images: start-up (decode processes, thread
+    pools) dominates, so these targets can only be judged on a full run."""
+    if not (run.run.get("config") or {}).get("quick"):
+        return ""
+    return ("*Quick run: too few images for these figures (start-up dominates); the targets are judged on "
+            "a full run, `python -m benchmarks.run_all`.*\n")
 
 
 def targets_table(rows: list[Measurement]) -> str:
