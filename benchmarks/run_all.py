@@ -1,6 +1,6 @@
 """Everything the lead reruns on a quiet machine, one command:
 
-    python -m benchmarks.run_all --out benchmarks/results            # ~12-20 min on 2 cores
+    python -m benchmarks.run_all --out benchmarks/results            # ~6 min on a quiet 2-core machine
     python -m benchmarks.run_all --out /tmp/bench --quick            # ~2-3 min smoke run
 
 Runs ``fracture-batch bench`` (ceilings, model only, decode only, end to end vs the

@@ -203,7 +203,7 @@ def readme_section(run: BenchRun, prefix: str) -> str:
             f"{machine_line(run.machine)}. Full tables: `benchmarks/results/{prefix}.md`; "
             f"every measurement with the machine description: `{prefix}.json` / `{prefix}.parquet`; "
             f"plots: `{prefix}_throughput.png`, `{prefix}_tails.png`. Reproduce with "
-            "`python -m benchmarks.run_all --out benchmarks/results` (≈20 min on 2 cores) or "
+            "`python -m benchmarks.run_all --out benchmarks/results` (≈6 min on a quiet 2-core machine) or "
             "`fracture-batch bench --quick` (≈2 min).\n", busy_warning(run),
             table([r for r in e2e if r.name.startswith(("score", "naive"))], [
                 ("regime", lambda r: r.regime), ("scorer", lambda r: r.name),
