@@ -27,19 +27,19 @@ from fracture_batch.benchmarking.records import BenchRun, Measurement, write_jso
 from fracture_batch.benchmarking.stats import summarize
 
 
-def _score_once(engine: str, corpus: str, model: str, batch_size: int, ray_kwargs: dict[str, Any]):
+def _score_once(engine: str, corpus: str, model: str, batch_size: int, engine_kwargs: dict[str, Any]):
     from fracture_batch.runner import ScoreConfig, score
 
     out = tempfile.mkdtemp(prefix=f"fb-bench-{engine}-")
     try:
-        # For the local engine ray_kwargs are ScoreConfig overrides (the thread split).
+        # engine_kwargs: RayConfig fields for Ray, ScoreConfig overrides (the thread split) for local.
         cfg = ScoreConfig(inputs=(corpus,), model=model, out=out, device="cpu", decoder="python",
-                          batch_size=batch_size, overwrite=True, **({} if engine == "ray" else ray_kwargs))
+                          batch_size=batch_size, overwrite=True, **({} if engine == "ray" else engine_kwargs))
         t0 = time.perf_counter()
         if engine == "ray":
             from fracture_batch.scaleout.ray_engine import RayConfig, run_ray
 
-            summary = run_ray(cfg, RayConfig(**ray_kwargs))
+            summary = run_ray(cfg, RayConfig(**engine_kwargs))
         else:
             summary = score(cfg)
         wall = time.perf_counter() - t0
@@ -51,10 +51,10 @@ def _score_once(engine: str, corpus: str, model: str, batch_size: int, ray_kwarg
 
 
 def measure(*, engine: str, corpus_dir: str, model_path: str, batch_size: int, repeats: int,
-            ray_kwargs: dict[str, Any] | None = None, label: str = "", address: str | None = None
+            engine_kwargs: dict[str, Any] | None = None, label: str = "", address: str | None = None
             ) -> list[Measurement]:
     """One engine, ``repeats`` runs in this process (the child ``run_isolated`` started)."""
-    ray_kwargs = dict(ray_kwargs or {})
+    engine_kwargs = dict(engine_kwargs or {})
     extra: dict[str, Any] = {}
     if engine == "ray":
         import os
@@ -70,7 +70,7 @@ def measure(*, engine: str, corpus_dir: str, model_path: str, batch_size: int, r
         extra["ray_init_s"] = round(time.perf_counter() - t0, 3)
         extra["cluster"] = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
     try:
-        runs = [_score_once(engine, corpus_dir, model_path, batch_size, ray_kwargs) for _ in range(max(1, repeats))]
+        runs = [_score_once(engine, corpus_dir, model_path, batch_size, engine_kwargs) for _ in range(max(1, repeats))]
     finally:
         if engine == "ray":
             ray.shutdown()
@@ -78,7 +78,7 @@ def measure(*, engine: str, corpus_dir: str, model_path: str, batch_size: int, r
     rates = [s.scored / s.seconds for s in summaries if s.seconds > 0]
     s0 = summaries[-1]
     extra.update(run_s=[s.seconds for s in summaries], wall_s=[round(w, 3) for _, w in runs],
-                 threads=s0.threads, backend_detail=s0.backend_detail, decoder=s0.decoder, ray=ray_kwargs)
+                 threads=s0.threads, backend_detail=s0.backend_detail, decoder=s0.decoder, ray=engine_kwargs)
     return [Measurement(
         suite="ray", name=label or engine, backend=s0.backend, device=s0.device, batch_size=batch_size,
         n_images=s0.scored, repeats=len(runs), images_per_s=summarize(rates).p50,
@@ -190,15 +190,16 @@ def main(argv: list[str] | None = None) -> None:
     # Ray reserves CPUs exclusively (decode tasks on one, each actor's onnxruntime on its
     # own), while the local runner lets decode and inference share the cores: the second
     # local row uses Ray's split, so the table separates Ray's overhead from the split's.
-    configs = [("local", {}), (LOCAL_RAY_SPLIT, {"decode_workers": 1, "intra_op_threads": 1})] + [(f"ray, {w or 'default'} worker(s)" if len(counts) > 1 else "ray",
-                                  {"workers": w, **common}) for w in counts]
+    configs = [("local", {}), (LOCAL_RAY_SPLIT, {"decode_workers": 1, "intra_op_threads": 1})]
+    configs += [(f"ray, {w or 'default'} worker(s)" if len(counts) > 1 else "ray", {"workers": w, **common})
+                for w in counts]
     if a.fused:
         configs.append(("ray (decode fused into actors)", {"workers": counts[0], "fuse_decode": True, **common}))
     rows: list[Measurement] = []
-    for label, ray_kwargs in configs:
+    for label, engine_kwargs in configs:
         engine = "local" if label.startswith("local") else "ray"
         kwargs = dict(engine=engine, corpus_dir=str(corpus), model_path=model, batch_size=a.batch_size,
-                      repeats=a.repeats, ray_kwargs=ray_kwargs, label=label, address=a.address)
+                      repeats=a.repeats, engine_kwargs=engine_kwargs, label=label, address=a.address)
         rows += run_isolated("benchmarks.bench_ray:measure", kwargs, timeout_s=a.timeout,
                              label=Measurement(suite="ray", name=label, batch_size=a.batch_size))
     run = BenchRun(machine=machine, measurements=rows, run={

@@ -173,6 +173,7 @@ def full_range_overrides(source_path: str | Path, calib_inputs: np.ndarray, spec
     percentile clipping: the graph input gets its exact range from the spec; the stem's
     activations (its Relu's output) their min/max over the calibration images."""
     import onnx
+    import onnx.utils
     import onnxruntime as ort
 
     model = onnx.load(str(source_path))
@@ -187,9 +188,9 @@ def full_range_overrides(source_path: str | Path, calib_inputs: np.ndarray, spec
     overrides = {image: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]}
     if not tensors:
         return overrides
-    del graph.output[:]
-    graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in tensors)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    # Only the stem runs: the subgraph from the image to those tensors.
+    stem = onnx.utils.Extractor(model).extract_model([image], tensors)
+    session = ort.InferenceSession(stem.SerializeToString(), providers=["CPUExecutionProvider"])
     mins, maxs = np.full(len(tensors), np.inf), np.full(len(tensors), -np.inf)
     for start in range(0, len(calib_inputs), batch_size):
         outs = session.run(tensors, {image: calib_inputs[start : start + batch_size]})
