@@ -1,2 +1,2 @@
-"""Benchmark scripts (thin wrappers over ``fracture_batch.benchmarking``); run from the
+"""Benchmark scripts (thin wrappers over ``fracture_batch.bench``); run from the
 repository root, e.g. ``python -m benchmarks.run_all --out benchmarks/results``."""

@@ -1,7 +1,7 @@
 """The naive scorer on its own: ``python -m benchmarks.naive DIR [--checkpoint model.pt]``.
 
 PIL + torchvision transforms + DataLoader + eager fp32 ResNet50, as a typical notebook
-does it (``fracture_batch.benchmarking.naive``); prints images/s.
+does it (``fracture_batch.bench.naive``); prints images/s.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def main() -> None:
     ap.add_argument("--arch", default="resnet50")
     ap.add_argument("--out", default=None, help="optional Parquet file for the probabilities")
     args = ap.parse_args()
-    from fracture_batch.benchmarking.naive import naive_score
+    from fracture_batch.bench.naive import naive_score
 
     paths = sorted(str(p) for p in args.directory.rglob("*") if p.is_file())
     r = naive_score(paths, args.out, checkpoint=args.checkpoint, arch=args.arch)

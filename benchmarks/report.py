@@ -7,8 +7,8 @@ from pathlib import Path
 
 
 def main() -> None:
-    from fracture_batch.benchmarking.records import read_json
-    from fracture_batch.benchmarking.report import write_report
+    from fracture_batch.bench.records import read_json
+    from fracture_batch.bench.report import write_report
 
     path = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/bench.json")
     for kind, p in write_report(read_json(path), path.parent, prefix=path.stem).items():

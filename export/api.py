@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fracture_batch.models import load_checkpoint
-from fracture_batch.spec import ModelSpec
+from fracture_batch.model.checkpoint import load_checkpoint
+from fracture_batch.model.spec import ModelSpec
 
 from export import parity as P
 from export.config import ExportConfig, Precision, Variant, variants_for

@@ -13,7 +13,7 @@ import copy
 import logging
 from pathlib import Path
 
-from fracture_batch.spec import ModelSpec
+from fracture_batch.model.spec import ModelSpec
 
 from export.onnx_export import export_onnx
 

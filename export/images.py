@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from fracture_batch.decode import DecodeError, decode_file
-from fracture_batch.preprocess import to_model_input
-from fracture_batch.spec import ModelSpec
+from fracture_batch.model.preprocess import to_model_input
+from fracture_batch.model.spec import ModelSpec
 
 from export.config import ExportConfig
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 from fracture_batch import __version__
 from fracture_batch.backends.base import file_sha256
-from fracture_batch.onnx_meta import (
+from fracture_batch.model.onnx_meta import (
     MODEL_SHA256_METADATA_KEY,
     VARIANT_METADATA_KEY,
     read_spec_from_onnx,
 )
-from fracture_batch.spec import SPEC_METADATA_KEY, ModelSpec
+from fracture_batch.model.spec import SPEC_METADATA_KEY, ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fracture_batch.spec import ModelSpec
+from fracture_batch.model.spec import ModelSpec
 
 from export.config import ParityBars, Variant
 from export.onnx_export import INPUT_NAME

@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 
 from export.onnx_export import INPUT_NAME
-from fracture_batch.spec import ModelSpec
+from fracture_batch.model.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 

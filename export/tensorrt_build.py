@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fracture_batch.backends.base import file_sha256
-from fracture_batch.engine_sidecar import EngineSidecar, GpuInfo, write_sidecar
-from fracture_batch.spec import ModelSpec
+from fracture_batch.model.sidecar import EngineSidecar, GpuInfo, write_sidecar
+from fracture_batch.model.spec import ModelSpec
 
 from export.onnx_export import INPUT_NAME, OUTPUT_NAME
 

@@ -6,16 +6,15 @@ version, detail)``; a missing one says why and how to install it. Probes never r
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import shutil
-import subprocess
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from typing import Any
 
 log = logging.getLogger(__name__)
 
+# The flags `info` shows (a subset of machine.INTERESTING_FLAGS).
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
 
 
@@ -28,60 +27,33 @@ class Component:
 
 
 def cpu_info() -> dict[str, Any]:
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name") and ":" in line:
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and ":" in line:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    from fracture_batch.runner_support import cpu_count
+    """The CPU section of ``info``: ``machine.cpu_info`` (the one probe) in this report's words."""
+    from fracture_batch import machine
 
-    info: dict[str, Any] = {
-        "model": model,
-        "usable_cores": cpu_count(),
-        "logical_cpus": os.cpu_count(),
-        "flags": {f: f in flags for f in CPU_FLAGS},
+    m = machine.cpu_info()
+    return {
+        "model": m["cpu_model"] or platform.processor() or platform.machine(),
+        "usable_cores": m["cores_usable"],
+        "logical_cpus": m["cores_logical"],
+        "physical_cores": m["cores_physical"],
+        "memory_gib": m["memory_gib"],
+        "flags": {f: f in m["cpu_flags"] for f in CPU_FLAGS},
     }
-    try:
-        import psutil
-
-        info["memory_gib"] = round(psutil.virtual_memory().total / 2**30, 1)
-        info["physical_cores"] = psutil.cpu_count(logical=False)
-    except Exception:
-        pass
-    return info
 
 
 def gpu_info() -> dict[str, Any]:
-    out: dict[str, Any] = {"cuda_available": False}
-    try:
-        import torch
+    """The GPU section of ``info``, from ``machine.gpu_info``."""
+    from fracture_batch import machine
 
-        out["torch_cuda_build"] = torch.version.cuda or "cpu-only build"
-        if torch.cuda.is_available():
-            out["cuda_available"] = True
-            out["devices"] = [
-                f"{torch.cuda.get_device_name(i)} (sm_{''.join(map(str, torch.cuda.get_device_capability(i)))})"
-                for i in range(torch.cuda.device_count())
-            ]
-        else:
-            out["reason"] = "torch sees no CUDA device"
-    except Exception as exc:
-        out["reason"] = f"torch not importable: {exc}"
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            r = subprocess.run([smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                               capture_output=True, text=True, timeout=10)
-            out["nvidia_smi"] = r.stdout.strip() or r.stderr.strip()
-        except Exception as exc:
-            out["nvidia_smi"] = f"failed: {exc}"
+    g = machine.gpu_info()
+    out: dict[str, Any] = {"cuda_available": bool(g.get("available")),
+                           "torch_cuda_build": g.get("torch_cuda") or "cpu-only build"}
+    if g.get("available"):
+        out["devices"] = [f"{g['name']} (sm_{g['capability'].replace('.', '')})"] * int(g.get("count", 1))
     else:
-        out["nvidia_smi"] = "not found (no NVIDIA driver installed)"
+        out["reason"] = f"torch not importable: {g['error']}" if g.get("error") else "torch sees no CUDA device"
+    out["nvidia_smi"] = (f"driver {g['driver']}" if g.get("driver") else
+                         "not found (no NVIDIA driver installed)" if not shutil.which("nvidia-smi") else "no answer")
     return out
 
 
@@ -120,7 +92,7 @@ def backend_components() -> list[Component]:
 
 
 def decoder_components() -> list[Component]:
-    from fracture_batch.decoders import has_dali
+    from fracture_batch.decode.select import has_dali
 
     ok, why = has_dali()
     comps = [Component("nvidia-dali", ok, _version("nvidia-dali-cuda130") if ok else "", why)]

@@ -28,3 +28,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """(checkpoint, ONNX) of a tiny resnet18 at 64 px, built once per session (support/modelgen.py)."""
+    from support import modelgen
+
+    return modelgen.tiny_models(tmp_path_factory)

@@ -15,15 +15,10 @@ from fracture_batch.backends import (
     has_cuda,
     resolve_backend,
 )
-from fracture_batch.predictor import Predictor
-from fracture_batch.rows import COLUMNS
+from fracture_batch.scoring.predictor import Predictor
+from fracture_batch.scoring.rows import COLUMNS
 
-import modelgen
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return modelgen.tiny_models(tmp_path_factory)
+from support import modelgen
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import json
 
 import pyarrow.parquet as pq
 
-from fracture_batch.benchmarking.isolate import run_isolated
-from fracture_batch.benchmarking.machine import describe_machine
-from fracture_batch.benchmarking.records import (
+from fracture_batch.bench.isolate import run_isolated
+from fracture_batch.machine import describe_machine
+from fracture_batch.bench.records import (
     COLUMNS,
     MACHINE_METADATA_KEY,
     BenchRun,
@@ -66,10 +66,10 @@ def test_machine_description_has_what_a_reader_needs():
 
 def test_isolated_child_returns_rows_and_failure_becomes_error_row():
     label = Measurement("ceiling", "gemm/numpy/fp32/cpu", "numpy", "fp32")
-    rows = run_isolated("fracture_batch.benchmarking.ceilings:numpy_gemm", {"n": 64, "repeats": 2},
+    rows = run_isolated("fracture_batch.bench.ceilings:numpy_gemm", {"n": 64, "repeats": 2},
                         label=label, unset_env=("OPENBLAS_CORETYPE",), timeout_s=120)
     assert len(rows) == 1 and rows[0].status == "ok" and rows[0].gflops > 0
     assert rows[0].extra["n"] == 64 and rows[0].repeats == 2
-    bad = run_isolated("fracture_batch.benchmarking.ceilings:numpy_gemm", {"no_such_arg": 1}, label=label,
+    bad = run_isolated("fracture_batch.bench.ceilings:numpy_gemm", {"no_such_arg": 1}, label=label,
                        timeout_s=120)
     assert bad[0].status == "error" and "no_such_arg" in bad[0].note

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from fracture_batch.benchmarking.stats import measure, summarize, throughput
+from fracture_batch.bench.stats import measure, summarize, throughput
 
 
 def test_percentiles_on_known_data():

@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 from fracture_batch.decode import decode_for_model
-from fracture_batch.decoders import has_dali
-from fracture_batch.spec import ModelSpec, ResizeMode
-from tests.imagegen import make_dicom, png_header_only, ramp, smooth_noise
+from fracture_batch.decode.select import has_dali
+from fracture_batch.model.spec import ModelSpec, ResizeMode
+from support.imagegen import make_dicom, png_header_only, ramp, smooth_noise
 
 DALI_OK, DALI_REASON = has_dali()
 pytestmark = pytest.mark.skipif(not DALI_OK, reason=DALI_REASON)
@@ -42,7 +42,7 @@ def _files(tmp_path):
 
 @pytest.mark.parametrize("mode", [ResizeMode.SQUASH, ResizeMode.SHORTER_SIDE_CENTER_CROP])
 def test_dali_matches_python_path(tmp_path, mode):
-    from fracture_batch.dali_pipeline import DaliPreprocessor
+    from fracture_batch.decode.dali import DaliPreprocessor
 
     spec = ModelSpec(input_size=SIZE, resize_size=56, resize_mode=mode)
     files = _files(tmp_path)
@@ -66,7 +66,7 @@ def test_dali_matches_python_path(tmp_path, mode):
 
 
 def test_dali_per_file_errors_and_fallback(tmp_path):
-    from fracture_batch.dali_pipeline import DaliPreprocessor
+    from fracture_batch.decode.dali import DaliPreprocessor
 
     spec = ModelSpec(input_size=SIZE)
     good = tmp_path / "good.png"
@@ -102,7 +102,7 @@ def test_dali_per_file_errors_and_fallback(tmp_path):
 
 
 def test_dali_dicom_meta_and_max_pixels(tmp_path):
-    from fracture_batch.dali_pipeline import DaliPreprocessor
+    from fracture_batch.decode.dali import DaliPreprocessor
 
     spec = ModelSpec(input_size=SIZE)
     dcm = make_dicom(tmp_path / "a.dcm", ramp(hi=4095, dtype=np.uint16), bits_stored=12)
@@ -118,7 +118,7 @@ def test_dali_dicom_meta_and_max_pixels(tmp_path):
 def test_dali_mixed_gpu_matches_cpu(tmp_path):
     import torch
 
-    from fracture_batch.dali_pipeline import DaliPreprocessor
+    from fracture_batch.decode.dali import DaliPreprocessor
 
     spec = ModelSpec(input_size=SIZE)
     files = _files(tmp_path)
@@ -133,7 +133,7 @@ def test_dali_mixed_gpu_matches_cpu(tmp_path):
 def test_jpeg_draft_python_path_close_to_dali(tmp_path):
     """Opt-in ``jpeg_draft``: libjpeg scales large JPEGs by 1/2..1/8 (PIL draft) where
     DALI decodes them in full; both low-pass before the final antialiased resize."""
-    from fracture_batch.dali_pipeline import DaliPreprocessor
+    from fracture_batch.decode.dali import DaliPreprocessor
 
     spec = ModelSpec(input_size=SIZE)
     rng = np.random.default_rng(0)
@@ -151,7 +151,7 @@ def test_jpeg_draft_python_path_close_to_dali(tmp_path):
 
 def test_raw_batch_failure_is_isolated_per_file(tmp_path, monkeypatch):
     """If DALI rejects a batch of already-decoded pixels, each file is retried alone."""
-    from fracture_batch.dali_pipeline import DaliPreprocessor
+    from fracture_batch.decode.dali import DaliPreprocessor
 
     spec = ModelSpec(input_size=SIZE)
     paths = [make_dicom(tmp_path / f"{k}.dcm", ramp(hi=4095, dtype=np.uint16) // (k + 1), bits_stored=12) for k in range(3)]

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from fracture_batch.decode import DecodeError, decode_file, decode_for_model, is_dicom, tiff_page_count
-from fracture_batch.spec import ModelSpec
-from tests.imagegen import png_header_only, ramp
+from fracture_batch.model.spec import ModelSpec
+from support.imagegen import png_header_only, ramp
 
 # 8-bit values are k/255 exactly representable to float32 rounding: 1e-6 is float eps scale.
 EXACT = 1e-6
@@ -150,8 +150,8 @@ def test_decode_for_model_shape_and_no_pixels(tmp_path):
 
 
 def test_jpeg_draft_close_to_full_decode(tmp_path):
-    from fracture_batch.preprocess import to_model_input
-    from tests.imagegen import smooth_noise
+    from fracture_batch.model.preprocess import to_model_input
+    from support.imagegen import smooth_noise
 
     arr = (smooth_noise(600, 520) * 255).astype(np.uint8)
     Image.fromarray(arr).save(tmp_path / "big.jpg", quality=95)
@@ -165,8 +165,8 @@ def test_jpeg_draft_close_to_full_decode(tmp_path):
 
 @pytest.mark.parametrize("available", [True, False])
 def test_resolve_decoder(monkeypatch, available):
-    from fracture_batch import decoders
-    from fracture_batch.decoders import DecoderKind, resolve_decoder
+    from fracture_batch.decode import select as decoders
+    from fracture_batch.decode.select import DecoderKind, resolve_decoder
 
     monkeypatch.setattr(decoders, "has_dali", lambda: (available, "DALI missing (test)"))
     assert resolve_decoder("python") is DecoderKind.PYTHON

@@ -8,9 +8,9 @@ import pytest
 from pydicom import uid
 
 from fracture_batch.decode import DecodeError, decode_file, is_dicom
-from fracture_batch.decoders import IdentifierMode
-from fracture_batch.dicom import hash_identifier
-from tests.imagegen import PATIENT_BIRTH, PATIENT_ID, PATIENT_NAME, make_dicom, make_non_image, ramp
+from fracture_batch.decode.types import IdentifierMode
+from fracture_batch.decode.dicom import hash_identifier
+from support.imagegen import PATIENT_BIRTH, PATIENT_ID, PATIENT_NAME, make_dicom, make_non_image, ramp
 
 EXACT = 1e-6  # float32 rounding of values computed in float64
 
@@ -58,7 +58,7 @@ def test_closed_form_matches_pydicom_luts(tmp_path, func, rescale, signed, windo
     range (which checks that range too): 2e-6 is float32 rounding on [0, 1]."""
     import pydicom
 
-    from fracture_batch.dicom import _rescale_window_unit, unit_gray_pydicom
+    from fracture_batch.decode.dicom import _rescale_window_unit, unit_gray_pydicom
 
     arr = (ramp12().astype(np.int16) - 2048) if signed else ramp12()
     extra = {"VOILUTFunction": func} if func else None
@@ -141,7 +141,7 @@ def test_compressed_lossless_roundtrip(tmp_path, ts, bits):
 
 
 def test_jpeg2000_lossy(tmp_path):
-    from tests.imagegen import smooth_noise
+    from support.imagegen import smooth_noise
 
     arr = (smooth_noise(64, 64) * 4095).astype(np.uint16)
     path = make_dicom(tmp_path / "j.dcm", arr, bits_stored=12)

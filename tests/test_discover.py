@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fracture_batch import discover
-from fracture_batch.discover import DiscoveryStats, iter_inputs, resolve_roots
+from fracture_batch.scoring import discover
+from fracture_batch.scoring.discover import DiscoveryStats, iter_inputs, resolve_roots
 
 
 def _touch(p: Path, data: bytes = b"x") -> Path:

@@ -17,9 +17,9 @@ from export.config import Variant
 from export.parity import onnx_logits, torch_logits
 from export.quantize import input_range
 from export.tensorrt_build import TensorRTUnavailable
-from fracture_batch.models import load_checkpoint
-from fracture_batch.onnx_meta import VARIANT_METADATA_KEY, read_metadata, read_spec_from_onnx
-from tests.export_helpers import make_export_fixture
+from fracture_batch.model.checkpoint import load_checkpoint
+from fracture_batch.model.onnx_meta import VARIANT_METADATA_KEY, read_metadata, read_spec_from_onnx
+from support.export_helpers import make_export_fixture
 
 # Bars for the fixture model. fp32/fp16 use the product's bars unchanged. The int8 bars
 # are looser than the product's (99% agreement, |dAUC| <= 0.005, met by the trained

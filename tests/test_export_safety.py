@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fracture_batch.engine_sidecar import (
+from fracture_batch.model.sidecar import (
     EngineIncompatibleError,
     EngineSidecar,
     GpuInfo,
@@ -19,8 +19,8 @@ from fracture_batch.engine_sidecar import (
     sidecar_path,
     write_sidecar,
 )
-from fracture_batch.onnx_meta import OnnxModelError, check_external_data_safe, read_spec_from_onnx
-from fracture_batch.spec import ModelSpec
+from fracture_batch.model.onnx_meta import OnnxModelError, check_external_data_safe, read_spec_from_onnx
+from fracture_batch.model.spec import ModelSpec
 
 
 # ---- external data must stay inside the model's folder (issue 7) -----------------
@@ -177,7 +177,7 @@ def test_tensorrt_engine_build_and_parity(tmp_path):
     from export.parity import onnx_logits
     from export.tensorrt_build import BuildSettings, build_engine
     from fracture_batch.backends.tensorrt_engine import load_engine
-    from fracture_batch.models import create_model
+    from fracture_batch.model.checkpoint import create_model
 
     spec = ModelSpec(arch="resnet18", input_size=64)
     onnx_path = tmp_path / "model.fp16.onnx"

@@ -3,7 +3,7 @@
 Each mutant (bit flips, truncation, deletions, insertions, header length/size fields set
 to boundary values, splices from other formats, repeated chunks; PNG CRCs optionally
 fixed so the parser is reached) is written to a directory, discovered, and decoded in a
-guarded child process (tests/fuzzlib.py). It must give exactly one row: decoded pixels
+guarded child process (tests/support/fuzzlib.py). It must give exactly one row: decoded pixels
 that honour the pixel contract, or a readable error. Another exception type, a dead
 process, no answer within the timeout, a single file taking > 10 s, or > 2.5 GB of RSS
 growth fails the test and the mutant is saved to $FUZZ_FOUND_DIR (default
@@ -11,7 +11,7 @@ growth fails the test and the mutant is saved to $FUZZ_FOUND_DIR (default
 
 The run in `make test` is short and derandomized (the same mutants every time, a few
 seconds); `FUZZ_EXAMPLES=20000 pytest tests/test_fuzz.py` draws fresh random mutants, and
-`python tests/fuzz_longrun.py --minutes 10` fuzzes for a fixed time (README.md, "Fuzzing").
+`python tests/tools/fuzz_longrun.py --minutes 10` fuzzes for a fixed time (README.md, "Fuzzing").
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-import fuzzlib
-import hostile_inputs as hi
+from support import fuzzlib
+from support import hostile_inputs as hi
 
 SEEDS = hi.seeds()
 REGRESSIONS = sorted(p for p in (Path(__file__).parent / "fuzz_regressions").iterdir() if not p.name.endswith((".txt", ".md")))
@@ -100,7 +100,7 @@ def test_mutants_become_one_row_python_decoders(guard, case):
     _check(guard, *case, mode="python")
 
 
-@pytest.mark.skipif(not __import__("fracture_batch.decoders", fromlist=["has_dali"]).has_dali()[0],
+@pytest.mark.skipif(not __import__("fracture_batch.decode.select", fromlist=["has_dali"]).has_dali()[0],
                     reason="NVIDIA DALI is not installed (pip install nvidia-dali-cuda130)")
 @settings(max_examples=DALI_EXAMPLES, **FUZZ_SETTINGS)
 @given(case=mutants())
@@ -111,7 +111,7 @@ def test_mutants_become_one_row_dali_cpu_pipeline(guard, case):
 @pytest.mark.parametrize("path", REGRESSIONS, ids=lambda p: p.name)
 @pytest.mark.parametrize("mode", ["python", "dali"])
 def test_fuzz_regressions(guard, path, mode):
-    if mode == "dali" and not __import__("fracture_batch.decoders", fromlist=["has_dali"]).has_dali()[0]:
+    if mode == "dali" and not __import__("fracture_batch.decode.select", fromlist=["has_dali"]).has_dali()[0]:
         pytest.skip("NVIDIA DALI is not installed")
     outcome = guard.run(path.read_bytes(), path.suffix, mode)
     # One row, in time and memory: a readable refusal, or pixels (e.g. the PNG whose IDAT

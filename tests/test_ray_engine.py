@@ -14,13 +14,15 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from fracture_batch import sink
+from fracture_batch.scoring import sink
 from fracture_batch.backends import BackendError
-from fracture_batch.rows import COLUMNS, RowContext, error_row, ok_row, rows_to_table, schema
-from fracture_batch.runner import ScoreAborted, ScoreConfig, score
-from fracture_batch.runner_support import DecodeIsolation
-from fracture_batch.scaleout import ray_engine, staging
-from fracture_batch.scaleout.ray_engine import (
+from fracture_batch.scoring.rows import COLUMNS, RowContext, error_row, ok_row, rows_to_table, schema
+from fracture_batch.scoring.config import ScoreAborted, ScoreConfig
+from fracture_batch.scoring.local import score
+from fracture_batch.scoring.config import DecodeIsolation
+from fracture_batch.scoring.ray import engine as ray_engine
+from fracture_batch.scoring.ray import staging
+from fracture_batch.scoring.ray.engine import (
     INSTALL_HINT,
     RayConfig,
     RayNotInstalledError,
@@ -29,9 +31,9 @@ from fracture_batch.scaleout.ray_engine import (
     resolve_workers,
     run_ray,
 )
-from fracture_batch.spec import SPEC_METADATA_KEY, ModelSpec
+from fracture_batch.model.spec import SPEC_METADATA_KEY, ModelSpec
 
-import modelgen
+from support import modelgen
 
 needs_ray = pytest.mark.skipif(not has_ray(), reason="ray[data] not installed (pip install '.[ray]')")
 RAY = RayConfig(workers=1, cpus_per_worker=1, decode_cpus=1)
@@ -42,11 +44,6 @@ TIMING_COLUMNS = ("decode_ms", "infer_ms")
 # accumulations inside the convolutions: allow 1e-5 on a probability (float32 has ~1e-7
 # resolution near 0.5; a real preprocessing or model difference moves it by >1e-3).
 PROB_TOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return modelgen.tiny_models(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -153,9 +150,9 @@ def test_resume_across_engines_and_after_a_killed_ray_run(ray_local, models, tmp
 @needs_ray
 def test_decoding_runs_as_cpu_tasks_not_inside_the_actors(ray_local, capsys):
     """Ray fuses task maps into actor maps with equal resources; the plan must keep them apart."""
-    from fracture_batch.scaleout.ray_engine import create_dataset
-    from fracture_batch.scaleout.ray_stages import work_table
-    from fracture_batch.discover import InputFile
+    from fracture_batch.scoring.ray.engine import create_dataset
+    from fracture_batch.scoring.ray.stages import work_table
+    from fracture_batch.scoring.discover import InputFile
 
     blocks = [work_table([InputFile("/x/a.png", "a.png", 10)])]
     kw = dict(model="m.onnx", backend="auto", device="auto", options={}, decode_options={})
@@ -180,9 +177,9 @@ def test_model_unloadable_on_workers_is_fatal_before_inputs(ray_local, tmp_path)
 
 def test_split_stages_equal_the_predictors_own_call(models, tmp_path):
     """decode_batch (task) + PredictStage (actor) == Predictor.__call__ on the same paths, no Ray."""
-    from fracture_batch.discover import iter_inputs
-    from fracture_batch.predictor import Predictor
-    from fracture_batch.scaleout.ray_stages import PredictStage, decode_batch, work_table
+    from fracture_batch.scoring.discover import iter_inputs
+    from fracture_batch.scoring.predictor import Predictor
+    from fracture_batch.scoring.ray.stages import PredictStage, decode_batch, work_table
 
     _, onnx_path = models
     modelgen.write_images(tmp_path / "in", 3, formats=("png", "jpeg"))

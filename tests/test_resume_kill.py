@@ -16,17 +16,12 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from fracture_batch import sink
+from fracture_batch.scoring import sink
 
-import modelgen
+from support import modelgen
 
 N_FILES = 80
 PART_ROWS = 4
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return modelgen.tiny_models(tmp_path_factory)
 
 
 def _cmd(inputs: Path, model: Path, out: Path) -> list[str]:

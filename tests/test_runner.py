@@ -9,21 +9,18 @@ import threading
 import pyarrow.dataset as ds
 import pytest
 
-from fracture_batch import runner, sink
+from fracture_batch.scoring import local as runner
+from fracture_batch.scoring import resume, session, sink
 from fracture_batch.backends import BackendError
-from fracture_batch.decode_stage import DecodeOptions, ProcessDecoder
-from fracture_batch.discover import InputFile
-from fracture_batch.rows import REQUIRED_COLUMNS
-from fracture_batch.runner import ScoreConfig, score
-from fracture_batch.runner_support import DecodeIsolation, resolve_threads
-from fracture_batch.spec import SPEC_METADATA_KEY, ModelSpec
+from fracture_batch.decode.workers import DecodeOptions, ProcessDecoder
+from fracture_batch.scoring.discover import InputFile
+from fracture_batch.scoring.rows import REQUIRED_COLUMNS
+from fracture_batch.scoring.local import ScoreConfig, score
+from fracture_batch.scoring.config import DecodeIsolation
+from fracture_batch.scoring.threads import resolve_threads
+from fracture_batch.model.spec import SPEC_METADATA_KEY, ModelSpec
 
-import modelgen
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return modelgen.tiny_models(tmp_path_factory)
+from support import modelgen
 
 
 def _cfg(inputs, model, out, **kw) -> ScoreConfig:
@@ -116,7 +113,7 @@ def test_fatal_problems_stop_before_any_input_is_read(models, tmp_path, monkeypa
     def no_reading(*a, **k):
         raise AssertionError("an input was read before the fatal check")
 
-    monkeypatch.setattr(runner, "iter_inputs", no_reading)
+    monkeypatch.setattr(session, "iter_inputs", no_reading)
     with pytest.raises(sink.SinkError, match="parent directory .* does not exist"):
         score(_cfg([tmp_path / "in"], onnx_path, tmp_path / "missing" / "out"))
     with pytest.raises(BackendError, match="model file not found"):
@@ -231,14 +228,14 @@ def test_stage_memory_is_flat_in_the_number_of_files():
     """Peak traced allocations for 10x more files stay the same: bounded queues, no per-file state.
 
     Fake decoder/predict/write (no I/O) so the pipeline itself is what is measured;
-    tests/memory_flatness.py measures the real CLI (see the report for numbers).
+    tests/tools/memory_flatness.py measures the real CLI (see the report for numbers).
     """
     import tracemalloc
 
     import numpy as np
 
-    from fracture_batch.decode_stage import DecodeResult
-    from fracture_batch.runner_support import Stages
+    from fracture_batch.decode.workers import DecodeResult
+    from fracture_batch.scoring.pipeline import Stages
 
     class FakeDecoder:
         batch_size = 1
@@ -252,7 +249,7 @@ def test_stage_memory_is_flat_in_the_number_of_files():
     def peak(n: int) -> int:
         files = (InputFile(f"/data/{i:08d}.png", f"{i:08d}.png", 100) for i in range(n))
         predict = lambda rs: [{"path": r.file.path, "status": "ok"} for r in rs]  # noqa: E731
-        stages = Stages(files=files, already_done=sink.ResumeIndex(), decoder_factory=FakeDecoder, workers=1,
+        stages = Stages(files=files, already_done=resume.ResumeIndex(), decoder_factory=FakeDecoder, workers=1,
                         batch_size=16, predict=predict, write=lambda rows: None, part_rows=500, part_seconds=60)
         tracemalloc.start()
         stages.run()
@@ -297,7 +294,7 @@ def test_dicom_rows_carry_header_columns_and_hashed_uids_only(models, tmp_path):
     import numpy as np
     import pydicom
 
-    import imagegen
+    from support import imagegen
 
     _, onnx_path = models
     (tmp_path / "in").mkdir()

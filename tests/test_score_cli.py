@@ -8,17 +8,12 @@ import pyarrow.dataset as ds
 import pytest
 from click.testing import CliRunner
 
-from fracture_batch import sink
+from fracture_batch.scoring import sink
 from fracture_batch.cli import main
 
-import modelgen
+from support import modelgen
 
 FAST = ["--decode-workers", "1", "--intra-op-threads", "1", "--decode-isolation", "thread", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return modelgen.tiny_models(tmp_path_factory)
 
 
 def _score(*args):
@@ -65,7 +60,7 @@ def test_lock_excludes_a_second_process(models, tmp_path):
     modelgen.write_images(tmp_path / "in", 1)
     (tmp_path / "out").mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from fracture_batch import sink; "
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from fracture_batch.scoring import sink; "
          "lock = sink.acquire_lock(Path(sys.argv[1])); print('held', flush=True); time.sleep(60)",
          str(tmp_path / "out")], stdout=subprocess.PIPE, text=True)
     try:

@@ -3,8 +3,8 @@
 Each test plays the adversary against the real command: crafted model files, decompression
 bombs and absurd headers, a pathological file that never finishes decoding, PHI and
 path-like DICOM header values, a disk that fills up, an output location that cannot be
-written. Inputs are crafted in code (tests/hostile_inputs.py); models are the tiny
-resnet18 of tests/modelgen.py. Runs that measure memory or inject a slow decoder run in a
+written. Inputs are crafted in code (tests/support/hostile_inputs.py); models are the tiny
+resnet18 of tests/support/modelgen.py. Runs that measure memory or inject a slow decoder run in a
 subprocess (so the measurement and the injection cover the decode child processes too).
 README.md "Security and privacy" is the user-facing account of what these tests prove.
 """
@@ -28,22 +28,18 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-import hostile_inputs as hi
-import modelgen
-from fracture_batch import runner, sink
+from support import hostile_inputs as hi
+from support import modelgen
+from fracture_batch.scoring import local as runner
+from fracture_batch.scoring import session, sink
 from fracture_batch.cli import main
-from fracture_batch.decoders import has_dali
-from fracture_batch.models import CheckpointError, load_checkpoint
+from fracture_batch.decode.select import has_dali
+from fracture_batch.model.checkpoint import CheckpointError, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 NEEDS_DALI = pytest.mark.skipif(not has_dali()[0], reason="NVIDIA DALI is not installed (pip install nvidia-dali-cuda130)")
 PHI = (hi.PATIENT_NAME, hi.PATIENT_ID, hi.PATIENT_BIRTH, "Hostile")
 RAW_UIDS = (hi.STUDY_UID, hi.SERIES_UID, hi.SOP_UID)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return modelgen.tiny_models(tmp_path_factory)
 
 
 def _args(inputs, model, out, *extra, decoder="python") -> list[str]:
@@ -141,7 +137,7 @@ def test_model_spec_that_would_size_every_tensor_absurdly_is_refused_at_load(mod
     import onnx
     import torch
 
-    from fracture_batch.spec import SPEC_METADATA_KEY
+    from fracture_batch.model.spec import SPEC_METADATA_KEY
 
     ckpt, onnx_model = models
     if kind == "onnx":
@@ -168,7 +164,7 @@ def test_model_spec_that_would_size_every_tensor_absurdly_is_refused_at_load(mod
 
 def test_onnx_external_data_inside_its_folder_is_accepted_by_the_check(tmp_path):
     # The other side of the refusal above: the check is about where, not about external data.
-    from fracture_batch.onnx_meta import check_external_data_safe
+    from fracture_batch.model.onnx_meta import check_external_data_safe
 
     model_dir = tmp_path / "m"
     model_dir.mkdir()
@@ -192,7 +188,7 @@ def crop_model(models, tmp_path_factory):
     resize rule under which an extreme aspect ratio used to need a huge intermediate."""
     import onnx
 
-    from fracture_batch.spec import SPEC_METADATA_KEY, ModelSpec, ResizeMode
+    from fracture_batch.model.spec import SPEC_METADATA_KEY, ModelSpec, ResizeMode
 
     proto = onnx.load(str(models[1]))
     for prop in proto.metadata_props:
@@ -316,7 +312,7 @@ def test_a_directory_of_fuzzed_files_scores_one_row_each(models, tmp_path, decod
     # through the real command (discovery, decode workers, batching, Parquet sink).
     import random
 
-    import fuzzlib
+    from support import fuzzlib
 
     _, onnx_model = models
     seeds = hi.seeds()
@@ -593,8 +589,8 @@ def _forbid_reading(monkeypatch) -> dict:
         return fail
 
     monkeypatch.setattr(runner, "Predictor", trap("model load"))
-    monkeypatch.setattr(runner, "iter_inputs", trap("discovery"))
-    import fracture_batch.decode_stage as stage
+    monkeypatch.setattr(session, "iter_inputs", trap("discovery"))
+    import fracture_batch.decode.workers as stage
 
     monkeypatch.setattr(stage, "decode_for_model", trap("decode"))
     return seen

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fracture_batch import sink
-from fracture_batch.rows import REQUIRED_COLUMNS, RowContext, error_row, ok_row, rows_to_table, schema
-from fracture_batch.spec import SPEC_METADATA_KEY, ModelSpec
+from fracture_batch.scoring import resume, sink
+from fracture_batch.scoring.rows import REQUIRED_COLUMNS, RowContext, error_row, ok_row, rows_to_table, schema
+from fracture_batch.model.spec import SPEC_METADATA_KEY, ModelSpec
 
 SPEC = ModelSpec(arch="resnet18", input_size=64)
 CTX = RowContext(SPEC, "ab" * 32)
@@ -63,11 +63,11 @@ def test_resume_index_streams_paths_from_parts(tmp_path):
     for i in range(0, 50, 10):
         w.write(_table(paths[i:i + 10]))
     (tmp_path / (sink.TMP_PREFIX + "r-99999.parquet")).write_bytes(b"garbage")  # never read
-    index = sink.ResumeIndex.from_parts(sink.committed_parts(tmp_path), batch_rows=7)
+    index = resume.ResumeIndex.from_parts(sink.committed_parts(tmp_path), batch_rows=7)
     assert len(index) == 50
     assert all(p in index for p in paths)
     assert "/data/50.png" not in index and "/data/1.pn" not in index
-    assert "/x" not in sink.ResumeIndex()
+    assert "/x" not in resume.ResumeIndex()
 
 
 def test_stale_temp_parts_are_removed(tmp_path):

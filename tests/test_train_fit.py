@@ -15,8 +15,8 @@ torch = pytest.importorskip("torch")
 from click.testing import CliRunner  # noqa: E402
 
 from fracture_batch.cli import main  # noqa: E402
-from fracture_batch.models import load_checkpoint  # noqa: E402
-from train_helpers import make_dataset  # noqa: E402
+from fracture_batch.model.checkpoint import load_checkpoint  # noqa: E402
+from support.train_helpers import make_dataset  # noqa: E402
 from train.config import Imbalance, TrainConfig  # noqa: E402
 from train.fit import fit  # noqa: E402
 
@@ -127,7 +127,7 @@ def test_cli_refuses_to_overwrite_and_explains_missing_args(cli_run, data_dir):
 
 def test_dali_training_loader_on_cpu(data_dir, tmp_path):
     """DALI's CPU operators run the same graph the GPU would; the bad file is reported."""
-    from fracture_batch.decoders import has_dali
+    from fracture_batch.decode.select import has_dali
     from train.config import Loader
 
     ok, why = has_dali()

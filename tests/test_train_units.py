@@ -10,13 +10,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from fracture_batch.decode import decode_file  # noqa: E402
-from fracture_batch.models import create_model  # noqa: E402
-from fracture_batch.preprocess import to_model_input  # noqa: E402
-from fracture_batch.spec import ModelSpec  # noqa: E402
-from train_helpers import make_dataset  # noqa: E402
+from fracture_batch.model.checkpoint import create_model  # noqa: E402
+from fracture_batch.model.preprocess import to_model_input  # noqa: E402
+from fracture_batch.model.spec import ModelSpec  # noqa: E402
+from support.train_helpers import make_dataset  # noqa: E402
 from train import data as D  # noqa: E402
 from train.calibration import choose_threshold, fit_temperature, nll  # noqa: E402
-from train.config import (AmpDtype, DEMO_TRAIN_CONFIG, Device, ThresholdRule, TrainConfig,  # noqa: E402
+from train.config import (AmpDtype, DEMO_TRAIN_CONFIG, DeviceKind, ThresholdMethod, TrainConfig,  # noqa: E402
                           Unfreeze, demo_train_config)
 from train.loops import EarlyStopping, resolve_precision, set_trainable, train_mode  # noqa: E402
 from train.metrics import binary_metrics, bootstrap_ci  # noqa: E402
@@ -26,7 +26,7 @@ from train.pretrained import PretrainedError, apply_pretrained, resolve_pretrain
 # ---- config -------------------------------------------------------------------------
 def test_config_round_trips_through_json(tmp_path):
     cfg = TrainConfig(data_dir=Path("/d"), out_dir=Path("/o"), unfreeze=Unfreeze.LAYER3_PLUS,
-                      threshold_rule=ThresholdRule.YOUDEN, amp_dtype=AmpDtype.BF16)
+                      threshold_rule=ThresholdMethod.YOUDEN, amp_dtype=AmpDtype.BF16)
     cfg.save(tmp_path / "c.json")
     assert TrainConfig.load(tmp_path / "c.json") == cfg
     assert json.loads((tmp_path / "c.json").read_text())["unfreeze"] == "layer3+"
@@ -61,15 +61,15 @@ def test_threshold_for_target_sensitivity_is_the_highest_that_reaches_it():
     rng = np.random.default_rng(1)
     y = np.r_[np.ones(100), np.zeros(100)].astype(int)
     p = np.r_[rng.beta(5, 2, 100), rng.beta(2, 5, 100)]
-    t, detail = choose_threshold(y, p, ThresholdRule.TARGET_SENSITIVITY, 0.95)
+    t, detail = choose_threshold(y, p, ThresholdMethod.TARGET_SENSITIVITY, 0.95)
     assert np.mean(p[y == 1] >= t) >= 0.95
     higher = np.sort(p[p > t])[0]  # the next candidate above t loses a positive
     assert np.mean(p[y == 1] >= higher) < 0.95
     assert "0.95" in detail
-    ty, dy = choose_threshold(y, p, ThresholdRule.YOUDEN)
+    ty, dy = choose_threshold(y, p, ThresholdMethod.YOUDEN)
     j = lambda th: np.mean(p[y == 1] >= th) - np.mean(p[y == 0] >= th)  # noqa: E731
     assert j(ty) >= max(j(th) for th in p) - 1e-12 and "Youden" in dy
-    assert choose_threshold(y, p, ThresholdRule.DEFAULT)[0] == 0.5
+    assert choose_threshold(y, p, ThresholdMethod.DEFAULT)[0] == 0.5
 
 
 # ---- metrics ---------------------------------------------------------------------------
@@ -196,14 +196,14 @@ def test_unfreeze_modes_and_frozen_batchnorm():
 
 
 def test_cpu_precision_is_bf16_autocast():
-    prec = resolve_precision(Device.CPU, True, AmpDtype.AUTO, True)
+    prec = resolve_precision(DeviceKind.CPU, True, AmpDtype.AUTO, True)
     assert prec.amp_dtype == "bfloat16" and not prec.needs_scaler
     with prec.autocast():
         out = torch.nn.Linear(4, 2)(torch.randn(3, 4))
     assert out.dtype == torch.bfloat16
-    assert resolve_precision(Device.CPU, False, AmpDtype.AUTO, False).amp_dtype is None
+    assert resolve_precision(DeviceKind.CPU, False, AmpDtype.AUTO, False).amp_dtype is None
     with pytest.raises(ValueError, match="bf16"):
-        resolve_precision(Device.CPU, True, AmpDtype.FP16, False)
+        resolve_precision(DeviceKind.CPU, True, AmpDtype.FP16, False)
 
 
 def test_early_stopping_restores_best_weights():
@@ -222,7 +222,7 @@ def test_early_stopping_restores_best_weights():
 
 # ---- benchmark script ------------------------------------------------------------------
 def test_bench_train_measures_one_precision_and_renders_table():
-    from benchmarks.bench_train import markdown, one
+    from fracture_batch.bench.train_bench import markdown, one
 
     row = one("resnet18", 32, 4, "bf16", warmup=0, repeats=1, max_seconds=10, threads=None)
     assert row["autocast"] == "bfloat16" and row["images_per_s"] > 0 and row["repeats"] == 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from train.config import ThresholdRule
+from fracture_batch.model.spec import ThresholdMethod
 
 MIN_T, MAX_T = 0.05, 20.0
 
@@ -35,19 +35,19 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return t if nll(logits, labels, t) <= nll(logits, labels, 1.0) else 1.0
 
 
-def choose_threshold(y_pos: np.ndarray, prob: np.ndarray, rule: ThresholdRule,
+def choose_threshold(y_pos: np.ndarray, prob: np.ndarray, rule: ThresholdMethod,
                      target_sensitivity: float = 0.95) -> tuple[float, str]:
     """-> (threshold on P(positive), a sentence saying how it was chosen and what it gave)."""
     from sklearn.metrics import roc_curve
 
     y = np.asarray(y_pos).astype(int)
     prob = np.asarray(prob, dtype=np.float64)
-    if rule is ThresholdRule.DEFAULT or not 0 < y.sum() < len(y):
-        why = "" if rule is ThresholdRule.DEFAULT else " (validation split lacks one class)"
+    if rule is ThresholdMethod.DEFAULT or not 0 < y.sum() < len(y):
+        why = "" if rule is ThresholdMethod.DEFAULT else " (validation split lacks one class)"
         return 0.5, f"default 0.5 on the calibrated probability{why}"
     fpr, tpr, thr = roc_curve(y, prob, drop_intermediate=False)
     thr = np.minimum(thr, 1.0)  # roc_curve's first threshold is +inf
-    if rule is ThresholdRule.YOUDEN:
+    if rule is ThresholdMethod.YOUDEN:
         i = int(np.argmax(tpr - fpr))
         t = float(thr[i])
         return t, (f"Youden's J on validation: J={tpr[i] - fpr[i]:.3f}, "

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from fracture_batch.spec import ResizeMode
+from fracture_batch.backends.base import DeviceKind
+from fracture_batch.model.spec import ResizeMode, ThresholdMethod
 
 
 class Unfreeze(str, enum.Enum):
@@ -30,20 +31,6 @@ class Imbalance(str, enum.Enum):
     WEIGHTED_LOSS = "weighted_loss"  # CrossEntropyLoss(weight = N / (K * n_class))
     SAMPLER = "sampler"  # WeightedRandomSampler: every class drawn equally often
     NONE = "none"
-
-
-class ThresholdRule(str, enum.Enum):
-    """How the decision threshold is chosen on the validation split."""
-
-    TARGET_SENSITIVITY = "target_sensitivity"
-    YOUDEN = "youden"
-    DEFAULT = "default"  # 0.5 on the calibrated probability (argmax)
-
-
-class Device(str, enum.Enum):
-    AUTO = "auto"
-    CPU = "cpu"
-    CUDA = "cuda"
 
 
 class AmpDtype(str, enum.Enum):
@@ -90,12 +77,12 @@ class TrainConfig:
     loader: Loader = Loader.TORCH
     num_workers: int = 2
     seed: int = 0
-    device: Device = Device.AUTO
+    device: DeviceKind = DeviceKind.AUTO
     amp: bool = True
     amp_dtype: AmpDtype = AmpDtype.AUTO
     channels_last: bool = True
     pretrained: str = "auto"  # auto | none | imagenet | PATH
-    threshold_rule: ThresholdRule = ThresholdRule.TARGET_SENSITIVITY
+    threshold_rule: ThresholdMethod = ThresholdMethod.TARGET_SENSITIVITY
     target_sensitivity: float = 0.95
     calibrate: bool = True  # temperature scaling on the validation split
     bootstrap: int = 1000  # resamples for the 95% confidence intervals
@@ -132,7 +119,7 @@ class TrainConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
         types = {f.name: f.type for f in dataclasses.fields(cls)}
         enums = {"resize_mode": ResizeMode, "unfreeze": Unfreeze, "imbalance": Imbalance,
-                 "threshold_rule": ThresholdRule, "device": Device, "amp_dtype": AmpDtype,
+                 "threshold_rule": ThresholdMethod, "device": DeviceKind, "amp_dtype": AmpDtype,
                  "loader": Loader}
         kw: dict[str, Any] = {}
         for k, v in d.items():

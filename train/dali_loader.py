@@ -18,7 +18,7 @@ import logging
 from typing import Any, Iterator, Sequence
 
 from fracture_batch.decode import DecodeError, is_dicom, probe_image
-from fracture_batch.spec import ModelSpec
+from fracture_batch.model.spec import ModelSpec
 from train.data import Sample
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class DaliTrainLoader:
 
     def __init__(self, samples: Sequence[Sample], spec: ModelSpec, *, batch_size: int, seed: int,
                  num_threads: int = 2, device: str = "cpu"):
-        from fracture_batch.decoders import has_dali
+        from fracture_batch.decode.select import has_dali
 
         ok, why = has_dali()
         if not ok:

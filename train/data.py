@@ -2,7 +2,7 @@
 
 Layout: ``DATA_DIR/{train,val,test}/<class>/<files>`` (``valid``/``validation`` accepted
 for val). Pixels come from ``fracture_batch.decode.decode_file`` (16-bit, DICOM, colour
-handled there); evaluation inputs from ``fracture_batch.preprocess.to_model_input`` built
+handled there); evaluation inputs from ``fracture_batch.model.preprocess.to_model_input`` built
 from the model spec, so train-time evaluation and scoring cannot drift. Training
 augmentation works on the same decoded float gray and ends in the same
 ``normalize_gray``.
@@ -24,8 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from fracture_batch.decode import DecodeError, decode_file
-from fracture_batch.preprocess import normalize_gray, resize_gray, to_model_input
-from fracture_batch.spec import ModelSpec
+from fracture_batch.model.preprocess import normalize_gray, resize_gray, to_model_input
+from fracture_batch.model.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 

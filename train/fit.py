@@ -19,11 +19,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from fracture_batch.spec import ModelSpec, ThresholdMethod
+from fracture_batch.model.spec import ModelSpec, ThresholdMethod
 from train import data as D
 from train.calibration import choose_threshold, fit_temperature
-from train.config import Imbalance, Loader, ThresholdRule, TrainConfig
-from train.loops import (EarlyStopping, Precision, resolve_precision, set_trainable, train_one_epoch,
+from train.config import Imbalance, Loader, TrainConfig
+from train.loops import (EarlyStopping, MixedPrecision, resolve_precision, set_trainable, train_one_epoch,
                          evaluate)
 from train.metrics import curves, evaluate_predictions
 from train.pretrained import apply_pretrained, resolve_pretrained
@@ -102,7 +102,7 @@ def _phase_epochs(config: TrainConfig) -> list[tuple[str, int]]:
     return [(p, n) for p, n in zip(PHASES, (config.frozen_epochs, config.epochs)) if n > 0]
 
 
-def evaluate_phase(model, data: _Data, loaders: dict[str, Any], criterion, prec: Precision,
+def evaluate_phase(model, data: _Data, loaders: dict[str, Any], criterion, prec: MixedPrecision,
                    config: TrainConfig, on_bad) -> dict[str, Any]:
     """Calibrate on val, then test metrics at argmax (0.5) and at the operating threshold."""
     pos = data.class_names.index(config.positive_class)
@@ -134,7 +134,7 @@ def fit(config: TrainConfig, *, resume: bool = False,
     ``last.pt`` is written (tests use it to simulate a kill)."""
     import torch
 
-    from fracture_batch.models import create_model, save_checkpoint
+    from fracture_batch.model.checkpoint import create_model, save_checkpoint
     from train.report import write_outputs
 
     t_fit = time.perf_counter()
@@ -276,9 +276,7 @@ def fit(config: TrainConfig, *, resume: bool = False,
             state = None
 
         final = phase_results[_phase_epochs(config)[-1][0]]
-        method = {ThresholdRule.TARGET_SENSITIVITY: ThresholdMethod.TARGET_SENSITIVITY,
-                  ThresholdRule.YOUDEN: ThresholdMethod.YOUDEN,
-                  ThresholdRule.DEFAULT: ThresholdMethod.DEFAULT}[config.threshold_rule]
+        method = ThresholdMethod(config.threshold_rule)
         spec = base_spec.replace(threshold=final["threshold"], threshold_method=method,
                                  threshold_detail=final["threshold_detail"],
                                  temperature=final["temperature"])
@@ -315,7 +313,7 @@ def _cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def _announce(config: TrainConfig, prec: Precision, pretrained: str, data: _Data, w: list[float]) -> None:
+def _announce(config: TrainConfig, prec: MixedPrecision, pretrained: str, data: _Data, w: list[float]) -> None:
     init = "random initialisation" if pretrained == "none" else pretrained
     imb = {Imbalance.WEIGHTED_LOSS: f"weighted loss (class weights {', '.join(f'{x:.3f}' for x in w)})",
            Imbalance.SAMPLER: "class-balanced WeightedRandomSampler", Imbalance.NONE: "none"}

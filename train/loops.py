@@ -1,6 +1,6 @@
 """Small training-loop functions with explicit arguments, returning metrics (torchvision style).
 
-Mixed precision: ``Precision`` says the device, the autocast dtype (or none) and whether
+Mixed precision: ``MixedPrecision`` says the device, the autocast dtype (or none) and whether
 a gradient scaler is needed (CUDA fp16 only: bf16 has fp32's exponent range).
 """
 from __future__ import annotations
@@ -12,13 +12,13 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from train.config import AmpDtype, Device, Unfreeze
+from train.config import AmpDtype, DeviceKind, Unfreeze
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Precision:
+class MixedPrecision:
     device: str  # "cpu" | "cuda"
     amp_dtype: str | None  # "bfloat16" | "float16" | None (fp32)
     channels_last: bool
@@ -39,12 +39,12 @@ class Precision:
             ", channels_last" if self.channels_last else "")
 
 
-def resolve_precision(device: Device, amp: bool, amp_dtype: AmpDtype, channels_last: bool) -> Precision:
+def resolve_precision(device: DeviceKind, amp: bool, amp_dtype: AmpDtype, channels_last: bool) -> MixedPrecision:
     import torch
 
-    if device is Device.CUDA and not torch.cuda.is_available():
+    if device is DeviceKind.CUDA and not torch.cuda.is_available():
         raise RuntimeError("--device cuda asked for, but CUDA is not available here (use --device cpu)")
-    dev = "cuda" if device is Device.CUDA or (device is Device.AUTO and torch.cuda.is_available()) else "cpu"
+    dev = "cuda" if device is DeviceKind.CUDA or (device is DeviceKind.AUTO and torch.cuda.is_available()) else "cpu"
     dtype = None
     if amp:
         if amp_dtype is AmpDtype.FP16:
@@ -55,7 +55,7 @@ def resolve_precision(device: Device, amp: bool, amp_dtype: AmpDtype, channels_l
             dtype = "bfloat16"
         else:
             dtype = "float16"
-    return Precision(dev, dtype, channels_last)
+    return MixedPrecision(dev, dtype, channels_last)
 
 
 # ---- which parameters train ---------------------------------------------------------
@@ -130,7 +130,7 @@ class EarlyStopping:
 
 
 # ---- loops --------------------------------------------------------------------------
-def _to_device(batch: dict[str, Any], prec: Precision):
+def _to_device(batch: dict[str, Any], prec: MixedPrecision):
     import torch
 
     x = batch["x"].to(prec.device, non_blocking=True)
@@ -139,7 +139,7 @@ def _to_device(batch: dict[str, Any], prec: Precision):
     return x, batch["y"].to(prec.device, non_blocking=True)
 
 
-def train_one_epoch(model, loader: Iterable, criterion, optimizer, prec: Precision, *, scaler=None,
+def train_one_epoch(model, loader: Iterable, criterion, optimizer, prec: MixedPrecision, *, scaler=None,
                     freeze_bn_stats: bool = False,
                     on_bad: Callable[[list[str]], None] = lambda bad: None,
                     desc: str = "train", progress: bool = True) -> dict[str, float]:
@@ -173,7 +173,7 @@ def train_one_epoch(model, loader: Iterable, criterion, optimizer, prec: Precisi
     return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "n": seen}
 
 
-def evaluate(model, loader: Iterable, criterion, prec: Precision, *,
+def evaluate(model, loader: Iterable, criterion, prec: MixedPrecision, *,
              on_bad: Callable[[list[str]], None] = lambda bad: None,
              desc: str = "eval", progress: bool = True) -> dict[str, Any]:
     """-> loss, accuracy, and the raw fp32 logits/labels/indices for metrics and calibration."""

@@ -9,7 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
-from fracture_batch.spec import ModelSpec
+from fracture_batch.model.spec import ModelSpec
 
 
 class BackendKind(str, enum.Enum):
@@ -23,6 +23,16 @@ class DeviceKind(str, enum.Enum):
     AUTO = "auto"
     CPU = "cpu"
     CUDA = "cuda"
+
+
+class Precision(str, enum.Enum):
+    """The arithmetic a backend runs in: the ONNX file's (fp32/fp16/int8 Q/DQ graphs from
+    export), or torch's autocast dtype (bf16/fp16), or a runtime's inference hint."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+    INT8 = "int8"
 
 
 class BackendError(Exception):

@@ -19,7 +19,7 @@ from fracture_batch.backends.base import (
     check_input,
     to_numpy,
 )
-from fracture_batch.spec import ModelSpec
+from fracture_batch.model.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class OnnxRuntimeBackend:
 
 
 def _spec_from_session(session, path: Path) -> ModelSpec:
-    from fracture_batch.onnx_meta import OnnxModelError, spec_from_metadata
+    from fracture_batch.model.onnx_meta import OnnxModelError, spec_from_metadata
 
     try:
         return spec_from_metadata(session.get_modelmeta().custom_metadata_map, source=str(path))
@@ -116,7 +116,7 @@ def _spec_from_session(session, path: Path) -> ModelSpec:
 
 def _check_external_data(path: Path) -> None:
     """Refuse external-data references that escape the model's directory (export's check)."""
-    from fracture_batch.onnx_meta import check_external_data_safe
+    from fracture_batch.model.onnx_meta import check_external_data_safe
 
     try:
         check_external_data_safe(path)

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from fracture_batch.backends.base import file_sha256
-from fracture_batch.engine_sidecar import (
+from fracture_batch.model.sidecar import (
     EngineIncompatibleError,
     GpuInfo,
     check_engine_compatible,

@@ -19,7 +19,7 @@ class TorchBackend:
     def __init__(self, model_path: str | Path, device: DeviceKind, options: BackendOptions):
         import torch
 
-        from fracture_batch.models import CheckpointError, load_checkpoint
+        from fracture_batch.model.checkpoint import CheckpointError, load_checkpoint
 
         if device is DeviceKind.CUDA and not torch.cuda.is_available():
             raise BackendError("--device cuda but torch sees no CUDA GPU; use --device cpu")

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import click
 
-from fracture_batch.benchmarking.suite import Suite
+from fracture_batch.backends.base import BackendKind, DeviceKind, Precision
+from fracture_batch.bench.suite import Suite
 
-BACKENDS = ("onnxruntime", "torch", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-DEVICES = ("cpu", "cuda")
+BACKENDS = tuple(b.value for b in BackendKind if b is not BackendKind.AUTO)
+PRECISIONS = tuple(p.value for p in Precision)
+DEVICES = tuple(d.value for d in DeviceKind if d is not DeviceKind.AUTO)
 
 
 def _ints(ctx, param, value: str | None) -> tuple[int, ...] | None:
@@ -85,7 +86,7 @@ def bench(model, suites, backends, precisions, devices, batch_sizes, repeats, wa
     if acceptance:
         _acceptance(model, out, workdir, arch if model else "resnet18", input_size if model else 64)
         return
-    from fracture_batch.benchmarking.suite import BenchConfig, run_bench
+    from fracture_batch.bench.suite import BenchConfig, run_bench
 
     opts = dict(model=model, arch=arch, input_size=input_size, suites=tuple(Suite(s) for s in suites) or tuple(Suite),
                 backends=tuple(backends) or None, precisions=tuple(precisions) or None,
@@ -105,9 +106,9 @@ def bench(model, suites, backends, precisions, devices, batch_sizes, repeats, wa
 
 
 def _acceptance(model, out: Path, workdir, arch: str, input_size: int) -> None:
-    from fracture_batch.benchmarking.acceptance import format_table, run_acceptance
-    from fracture_batch.benchmarking.machine import describe_machine
-    from fracture_batch.benchmarking.records import BenchRun, write_json
+    from fracture_batch.bench.acceptance import format_table, run_acceptance
+    from fracture_batch.machine import describe_machine
+    from fracture_batch.bench.records import BenchRun, write_json
 
     rows = run_acceptance(model=model, arch=arch, input_size=input_size, workdir=workdir)
     text = format_table(rows)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+# export.config.Precision's values, spelled out so --help does not import export (onnx, torch);
+# tests/test_cli.py checks they match.
 PRECISIONS = ("fp32", "fp16", "int8")
 
 # Exit codes: 1 = a variant missed its parity bar (or another export error);
@@ -63,7 +65,7 @@ def export(checkpoint, out_dir, precisions, data_dir, calib_dir, calib_n, parity
     from export import ExportConfig, ParityError, Precision, export_model
     from export.images import ImageSourceError
     from export.tensorrt_build import TensorRTUnavailable
-    from fracture_batch.models import CheckpointError
+    from fracture_batch.model.checkpoint import CheckpointError
 
     if isinstance(precisions, str):  # ctx.invoke (e.g. from `demo`) skips option callbacks
         precisions = _parse_precisions(None, None, precisions)

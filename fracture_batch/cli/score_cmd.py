@@ -7,9 +7,9 @@ import sys
 import click
 
 from fracture_batch.backends.base import BackendKind, DeviceKind
-from fracture_batch.decoders import DecoderKind, IdentifierMode
-from fracture_batch.runner_support import DecodeIsolation
-from fracture_batch.scaleout import Engine
+from fracture_batch.decode.types import DecoderKind, IdentifierMode
+from fracture_batch.scoring.config import DecodeIsolation
+from fracture_batch.scoring.config import Engine
 
 
 def _choice(enum_cls) -> click.Choice:
@@ -83,8 +83,9 @@ def score(inputs, model, out, backend, device, decoder, batch_size, decode_worke
     """
     from fracture_batch.backends import BackendError
     from fracture_batch.cli.score_report import ProgressBar, format_summary, start_line
-    from fracture_batch.runner import ScoreAborted, ScoreConfig, score as run_score
-    from fracture_batch.sink import SinkError
+    from fracture_batch.scoring.config import ScoreAborted, ScoreConfig
+    from fracture_batch.scoring.local import score as run_score
+    from fracture_batch.scoring.sink import SinkError
 
     cfg = ScoreConfig(
         inputs=tuple(inputs), model=model, out=out, backend=BackendKind(backend), device=DeviceKind(device),
@@ -98,7 +99,7 @@ def score(inputs, model, out, backend, device, decoder, batch_size, decode_worke
     previous = _sigterm_as_interrupt()
     try:
         if Engine(engine) is Engine.RAY:  # RayNotInstalledError (a RuntimeError): the one-line install hint
-            from fracture_batch.scaleout.ray_engine import RayConfig, run_ray
+            from fracture_batch.scoring.ray.engine import RayConfig, run_ray
 
             ray_cfg = RayConfig(address=address, workers=workers, gpus_per_worker=gpus_per_worker,
                                 cpus_per_worker=cpus_per_worker, progress=show)

@@ -5,12 +5,16 @@ from pathlib import Path
 
 import click
 
-from fracture_batch.spec import ResizeMode
+from fracture_batch.backends.base import DeviceKind
+from fracture_batch.model.spec import ResizeMode, ThresholdMethod
 
 # Enum values spelled out here so `--help` does not import torch/train.
+# The values of train.config's Unfreeze / Imbalance / Loader / AmpDtype, spelled out so --help
+# does not import train (tests/test_cli.py checks they match the enums).
 UNFREEZE = ("layer4", "layer3+", "all")
 IMBALANCE = ("weighted_loss", "sampler", "none")
-THRESHOLD_RULES = ("target_sensitivity", "youden", "default")
+LOADERS = ("torch", "dali")
+AMP_DTYPES = ("auto", "bf16", "fp16")
 
 
 @click.command(context_settings={"show_default": True})
@@ -47,22 +51,22 @@ THRESHOLD_RULES = ("target_sensitivity", "youden", "default")
               help="Training augmentation: random resized crop, flip, rotation ±10°, brightness/contrast.")
 @click.option("--cache/--no-cache", default=False,
               help="Decode every image once and keep it, downsized, in memory (fast for small data sets).")
-@click.option("--loader", type=click.Choice(["torch", "dali"]), default="torch",
+@click.option("--loader", type=click.Choice(LOADERS), default="torch",
               help="Training input pipeline: PyTorch DataLoader workers, or NVIDIA DALI (GPU decode and "
                    "augmentation on CUDA; raster formats only, no DICOM). Evaluation always uses the "
                    "scorer's preprocessing.")
 @click.option("--num-workers", type=int, default=2, help="Data-loader worker processes that decode images.")
 @click.option("--seed", type=int, default=0, help="Seed: two CPU runs with the same seed give identical metrics.json.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+@click.option("--device", type=click.Choice([d.value for d in DeviceKind]), default=DeviceKind.AUTO.value,
               help="auto picks CUDA when available.")
 @click.option("--amp/--no-amp", default=True, help="Mixed precision (autocast): bf16 on CPU, bf16/fp16 on CUDA.")
-@click.option("--amp-dtype", type=click.Choice(["auto", "bf16", "fp16"]), default="auto",
+@click.option("--amp-dtype", type=click.Choice(AMP_DTYPES), default="auto",
               help="Autocast dtype; auto = bf16 where supported, else fp16 with a gradient scaler (CUDA).")
 @click.option("--channels-last/--no-channels-last", default=True, help="NHWC memory format (faster convolutions).")
 @click.option("--pretrained", default="auto",
               help="Initial weights: auto (torch hub cache if present, else random), none, imagenet "
                    "(hub cache only, no download), or PATH to a compatible state dict (e.g. RadImageNet).")
-@click.option("--threshold-rule", type=click.Choice(THRESHOLD_RULES), default="target_sensitivity",
+@click.option("--threshold-rule", type=click.Choice([m.value for m in ThresholdMethod]), default=ThresholdMethod.TARGET_SENSITIVITY.value,
               help="How the decision threshold is chosen on the validation split.")
 @click.option("--target-sensitivity", type=float, default=0.95,
               help="Sensitivity the threshold must reach on validation (--threshold-rule target_sensitivity).")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fracture_batch.spec import ModelSpec
+from fracture_batch.model.spec import ModelSpec
 from fracture_batch.synth.anatomy import Scene, render, sample_scene
 from fracture_batch.synth.writers import DEFAULT_FORMATS, DicomInfo, ImageFormat, has_j2k_encoder, write_image
 

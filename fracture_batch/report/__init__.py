@@ -1,0 +1,1 @@
+"""Results people act on: evaluation against known labels and the triage report."""

@@ -1,0 +1,88 @@
+"""What a scoring run is told (``ScoreConfig``) and what it reports (``ScoreSummary``).
+
+Shared by both engines (``local`` and ``ray``); the CLI builds a ScoreConfig from its
+options and nothing else.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fracture_batch.backends import BackendKind, DeviceKind
+from fracture_batch.decode.types import DecoderKind, IdentifierMode
+
+
+class Engine(str, enum.Enum):
+    """Who executes ``score``: this machine's overlapped runner, or Ray Data on a cluster."""
+
+    LOCAL = "local"
+    RAY = "ray"
+
+
+class DecodeIsolation(str, enum.Enum):
+    """Where the Python decoders run: worker threads, or one child process per worker
+    (hard ``--decode-timeout``: the child is killed, the file becomes an error row)."""
+
+    THREAD = "thread"
+    PROCESS = "process"
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    inputs: tuple[str, ...]
+    model: str
+    out: str
+    backend: BackendKind = BackendKind.AUTO
+    device: DeviceKind = DeviceKind.AUTO
+    decoder: DecoderKind = DecoderKind.AUTO
+    batch_size: int = 32
+    decode_workers: int = 0  # 0: resolve_threads decides
+    intra_op_threads: int = 0  # 0: resolve_threads decides
+    decode_isolation: DecodeIsolation = DecodeIsolation.PROCESS
+    decode_timeout: float = 60.0
+    part_rows: int = 5000
+    part_seconds: float = 60.0
+    resume: bool = True
+    overwrite: bool = False
+    max_pixels: int = 100_000_000
+    identifiers: IdentifierMode = IdentifierMode.HASH  # how DICOM UIDs reach the rows
+    uid_salt: str = ""
+    amp: bool = False
+    engine_cache_dir: str | None = None  # default: <out>/_engine_cache (nothing outside --out)
+
+    def __post_init__(self) -> None:
+        # Callers (CLI, tests, Ray) may pass the modes as their strings: one type inside.
+        for name, kind in (("backend", BackendKind), ("device", DeviceKind), ("decoder", DecoderKind),
+                           ("decode_isolation", DecodeIsolation), ("identifiers", IdentifierMode)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
+
+
+@dataclass
+class ScoreSummary:
+    out: str
+    files_seen: int = 0
+    already_done: int = 0
+    scored: int = 0
+    ok: int = 0
+    errors: int = 0
+    parts_written: int = 0
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+    backend: str = ""
+    backend_detail: str = ""
+    backend_reason: str = ""
+    device: str = ""
+    decoder: str = ""
+    threads: dict[str, int] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    dataset_rows: int = 0
+    started_at: str = ""
+    finished_at: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ScoreAborted(Exception):
+    """The run stopped early (disk full, interrupt, backend crash); committed parts are intact."""

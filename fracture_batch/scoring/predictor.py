@@ -1,0 +1,118 @@
+"""The Predictor: load a model once, turn batches into output rows (Ray's batch-inference shape).
+
+``Predictor(model_path, ...)`` resolves and loads the backend once. Then:
+- ``predictor({"path": [...], "relpath": [...]})`` -> dict of column arrays in the
+  output schema (``rows.COLUMNS``): decodes each file with the Python decoders and
+  predicts; exactly one output row per input path, errors as error rows. This is what
+  Ray Data's ``map_batches`` calls on an actor pool;
+- ``predict_results(decode results)`` -> rows: what the local runner's inference stage
+  calls with results from any decoder (Python, process-isolated or DALI);
+- ``predict_array(x)`` -> (P(fractured), labels) for an already-normalised batch.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from fracture_batch.backends import (
+    BackendKind,
+    BackendOptions,
+    DeviceKind,
+    create_backend,
+    file_sha256,
+    resolve_backend,
+)
+from fracture_batch.decode.workers import DecodeOptions, DecodeResult, decode_one
+from fracture_batch.scoring.discover import InputFile
+from fracture_batch.scoring.rows import COLUMNS, RowContext, error_row, ok_row, rows_to_columns
+
+log = logging.getLogger(__name__)
+
+
+class Predictor:
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        backend: BackendKind | str = BackendKind.AUTO,
+        device: DeviceKind | str = DeviceKind.AUTO,
+        options: BackendOptions = BackendOptions(),
+        decode_options: DecodeOptions = DecodeOptions(),
+    ):
+        self.model_path = Path(model_path).absolute()
+        self.resolution = resolve_backend(self.model_path, backend, device)
+        log.info("backend: %s on %s (%s)", self.resolution.backend.value, self.resolution.device.value,
+                 self.resolution.reason)
+        self.backend = create_backend(self.model_path, self.resolution, options)
+        self.spec = self.backend.spec
+        # The exact artifact scored (ONNX/engine/checkpoint bytes), not just the weights.
+        self.model_sha256 = file_sha256(self.model_path)
+        self.ctx = RowContext(self.spec, self.model_sha256)
+        self.decode_options = decode_options
+
+    # ---- arrays ------------------------------------------------------------------
+    def predict_array(self, x: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        limit = self.backend.max_batch or len(x) or 1
+        logits = [self.backend.predict(x[i:i + limit]) for i in range(0, len(x), limit)]
+        probs = self.spec.probabilities(np.concatenate(logits)) if logits else np.empty(0, np.float32)
+        return probs, self.spec.labels(probs)
+
+    # ---- decoded results -> rows ---------------------------------------------------
+    def predict_results(self, results: Sequence[DecodeResult]) -> list[dict[str, Any]]:
+        """One row per result, in order.
+
+        A backend failure raises (it is not the input's fault): the runner stops with
+        committed parts intact and a re-run retries those files, where error rows
+        would have recorded them as done for good.
+        """
+        ok = [i for i, r in enumerate(results) if r.tensor is not None]
+        rows: list[dict[str, Any] | None] = [None] * len(results)
+        if ok:
+            t0 = time.perf_counter()
+            probs, labels = self.predict_array(_stack([results[i].tensor for i in ok]))
+            per_image_ms = (time.perf_counter() - t0) * 1000.0 / len(ok)
+            for j, i in enumerate(ok):
+                r = results[i]
+                rows[i] = ok_row(r.file.path, r.file.relpath, probs[j], labels[j], self.ctx,
+                                 file_size=r.file.size, infer_ms=per_image_ms, **r.info)
+        for i, r in enumerate(results):
+            if rows[i] is None:
+                rows[i] = error_row(r.file.path, r.file.relpath, r.error or "not decoded", self.ctx,
+                                    file_size=r.file.size, **r.info)
+        return rows  # type: ignore[return-value]
+
+    # ---- columnar batch of paths (Ray Data map_batches) -----------------------------
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        paths = [str(p) for p in batch["path"]]
+        relpaths = [str(p) for p in batch["relpath"]] if "relpath" in batch else [os.path.basename(p) for p in paths]
+        files = [_input_file(p, r) for p, r in zip(paths, relpaths)]
+        rows = self.predict_results([decode_one(f, self.spec, self.decode_options) for f in files])
+        cols = rows_to_columns(rows)
+        return {c: np.asarray(cols[c], dtype=object) for c in COLUMNS}
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def _stack(tensors: list):
+    if hasattr(tensors[0], "is_cuda"):  # torch CUDA slices from DALI mixed: stay on the device
+        import torch
+
+        return torch.stack(tensors)
+    return np.stack(tensors)
+
+
+def _input_file(path: str, relpath: str) -> InputFile:
+    path = os.path.abspath(path)
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        return InputFile(path, relpath, -1, "file not found (deleted or a broken link)")
+    except OSError as exc:
+        return InputFile(path, relpath, -1, f"cannot read file metadata: {exc.strerror or exc}")
+    return InputFile(path, relpath, size, "empty file (0 bytes)" if size == 0 else None)

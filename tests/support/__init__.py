@@ -1,0 +1,1 @@
+"""Helpers the tests share: generated images, tiny models, fuzzing and hostile inputs."""
