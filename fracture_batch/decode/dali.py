@@ -137,7 +137,7 @@ def _raw_graph(spec: ModelSpec, gpu: bool):
     return _resize_normalise(img, spec, 1.0, roi_start, roi_end)
 
 
-def crop_geometry(width: int, height: int, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+def resize_roi(width: int, height: int, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
     """Resize ROI (start (top, left), end (bottom, right)) from preprocess.crop_source_box."""
     left, top, right, bottom = preprocess.crop_source_box(width, height, spec)
     return np.array([top, left], np.float32), np.array([bottom, right], np.float32)
@@ -240,7 +240,7 @@ class DaliPreprocessor:
         pipe = self._pipe(kind)
         pipe.feed_input("data", data)
         if self.spec.resize_mode is not ResizeMode.SQUASH:
-            geo = [crop_geometry(w, h, self.spec) for w, h in geometry]
+            geo = [resize_roi(w, h, self.spec) for w, h in geometry]
             pipe.feed_input("roi_start", [g[0] for g in geo])
             pipe.feed_input("roi_end", [g[1] for g in geo])
         (out,) = pipe.run()

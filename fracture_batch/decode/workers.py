@@ -44,8 +44,11 @@ class DecodeResult:
 @dataclass(frozen=True)
 class DecodeOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
-    identifiers: str = IdentifierMode.HASH.value  # how DICOM UIDs reach the output
+    identifiers: IdentifierMode = IdentifierMode.HASH  # how DICOM UIDs reach the output
     uid_salt: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "identifiers", IdentifierMode(self.identifiers))
 
 
 def decode_one(file: InputFile, spec: ModelSpec, opts: DecodeOptions) -> DecodeResult:
