@@ -35,7 +35,7 @@ from fracture_batch.model.spec import SPEC_METADATA_KEY, ModelSpec
 
 from support import modelgen
 
-needs_ray = pytest.mark.skipif(not has_ray(), reason="ray[data] not installed (pip install '.[ray]')")
+needs_ray = pytest.mark.skipif(not has_ray()[0], reason="ray[data] not installed (pip install '.[ray]')")
 RAY = RayConfig(workers=1, cpus_per_worker=1, decode_cpus=1)
 # Per-row timings legitimately differ between runs; everything else must be equal.
 TIMING_COLUMNS = ("decode_ms", "infer_ms")
@@ -48,7 +48,7 @@ PROB_TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def ray_local():
-    if not has_ray():
+    if not has_ray()[0]:
         pytest.skip("ray[data] not installed (pip install '.[ray]')")
     import ray
 
@@ -256,7 +256,7 @@ def test_overwrite_discards_stale_staging(tmp_path):
 
 def test_without_ray_one_line_install_hint(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
-    assert not has_ray()
+    assert not has_ray()[0]
     with pytest.raises(RayNotInstalledError) as err:
         import_ray()
     assert str(err.value) == INSTALL_HINT and "\n" not in INSTALL_HINT

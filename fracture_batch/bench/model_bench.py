@@ -51,10 +51,6 @@ class ModelConfig:
         return f"{self.backend.value}/{self.precision.value}/{self.device.value}"
 
 
-def has_cuda() -> bool:
-    return backends.has_cuda()[0]
-
-
 def resolve_model_configs(art: ModelArtifacts, *, backends: tuple[str, ...] | None,
                           precisions: tuple[str, ...] | None, devices: tuple[str, ...]) -> list[ModelConfig]:
     """Every requested combination, each runnable or carrying the reason it is skipped."""
@@ -71,7 +67,7 @@ def _resolve_one(art: ModelArtifacts, backend: str, precision: str, device: str)
     def skip(reason: str) -> ModelConfig:
         return ModelConfig(backend, precision, device, None, reason)
 
-    if device == "cuda" and not has_cuda():
+    if device == "cuda" and not backends.has_cuda()[0]:
         return skip("no CUDA device visible to torch")
     if backend == "torch":
         if precision == "int8":

@@ -64,7 +64,7 @@ class BenchConfig:
 
 
 def run_bench(cfg: BenchConfig) -> BenchRun:
-    from fracture_batch.bench.model_bench import has_cuda
+    from fracture_batch.backends import has_cuda
 
     started = time.time()
     threads = cfg.threads or cpu_count()
@@ -79,7 +79,7 @@ def run_bench(cfg: BenchConfig) -> BenchRun:
         from fracture_batch.bench.ceilings import measure_ceilings
 
         log.info("measuring GEMM ceilings")
-        rows += measure_ceilings(quick=cfg.quick, cuda="cuda" in devices and has_cuda(), in_process=cfg.in_process, n=cfg.gemm_n)
+        rows += measure_ceilings(quick=cfg.quick, cuda="cuda" in devices and has_cuda()[0], in_process=cfg.in_process, n=cfg.gemm_n)
     art = None
     if Suite.MODEL in cfg.suites or Suite.E2E in cfg.suites:
         from fracture_batch.bench.artifacts import resolve_artifacts

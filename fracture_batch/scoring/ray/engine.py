@@ -46,13 +46,14 @@ class RayNotInstalledError(RuntimeError):
     """Raised with the one-line install hint when ``ray[data]`` is missing."""
 
 
-def has_ray() -> bool:
+def has_ray() -> tuple[bool, str]:
+    """(Ray Data importable, its version or the install hint)."""
     try:
-        import ray  # noqa: F401
+        import ray
         import ray.data  # noqa: F401
     except ImportError:
-        return False
-    return True
+        return False, INSTALL_HINT
+    return True, f"ray {ray.__version__}"
 
 
 def import_ray():
