@@ -32,9 +32,11 @@ class ResizeMode(str, enum.Enum):
 
 
 class ThresholdMethod(str, enum.Enum):
-    DEFAULT = "default"  # 0.5 on the calibrated probability
+    """How the decision threshold was chosen on the validation split."""
+
     TARGET_SENSITIVITY = "target_sensitivity"
     YOUDEN = "youden"
+    DEFAULT = "default"  # 0.5 on the calibrated probability (argmax)
 
 
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 4096  # bounds on input_size / resize_size (pixels)
