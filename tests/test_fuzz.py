@@ -11,7 +11,7 @@ growth fails the test and the mutant is saved to $FUZZ_FOUND_DIR (default
 
 The run in `make test` is short and derandomized (the same mutants every time, a few
 seconds); `FUZZ_EXAMPLES=20000 pytest tests/test_fuzz.py` draws fresh random mutants, and
-`python tests/tools/fuzz_longrun.py --minutes 10` fuzzes for a fixed time (README.md, "Fuzzing").
+`python tests/tools/fuzz_longrun.py --minutes 10` fuzzes for a fixed time (tests/fuzz_regressions/README.md).
 """
 from __future__ import annotations
 
