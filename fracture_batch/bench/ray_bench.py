@@ -136,7 +136,7 @@ def markdown(run: BenchRun) -> str:
     ])
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--n", type=int, default=600, help="images in the corpus")
     p.add_argument("--regime", default="small", choices=("small", "archive"), help="corpus regime (corpus.py)")
@@ -157,7 +157,28 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per engine")
     p.add_argument("--report-only", metavar="JSON", help="only rewrite the markdown from a ray_overhead.json")
-    a = p.parse_args(argv)
+    return p
+
+
+def _configs(workers: str, gpus_per_worker: float, fused: bool) -> list[tuple[str, dict[str, Any]]]:
+    """(label, engine kwargs) of every row.
+
+    Ray reserves CPUs exclusively (decode tasks on one, each actor's onnxruntime on its
+    own), while the local runner lets decode and inference share the cores: the second
+    local row uses Ray's split, so the table separates Ray's overhead from the split's.
+    """
+    counts = [int(w) for w in str(workers).split(",")]
+    common = {"gpus_per_worker": gpus_per_worker}
+    configs = [("local", {}), (LOCAL_RAY_SPLIT, {"decode_workers": 1, "intra_op_threads": 1})]
+    configs += [(f"ray, {w or 'default'} worker(s)" if len(counts) > 1 else "ray", {"workers": w, **common})
+                for w in counts]
+    if fused:
+        configs.append(("ray (decode fused into actors)", {"workers": counts[0], "fuse_decode": True, **common}))
+    return configs
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = _parser().parse_args(argv)
     out = Path(a.out)
     if a.report_only:
         from fracture_batch.bench.records import read_json
@@ -178,18 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     corpus = work / f"corpus-{a.regime}-{a.n}"
     make_regime_corpus(corpus, a.regime, a.n)
     machine = describe_machine()
-    counts = [int(w) for w in str(a.workers).split(",")]
-    common = {"gpus_per_worker": a.gpus_per_worker}
-    # Ray reserves CPUs exclusively (decode tasks on one, each actor's onnxruntime on its
-    # own), while the local runner lets decode and inference share the cores: the second
-    # local row uses Ray's split, so the table separates Ray's overhead from the split's.
-    configs = [("local", {}), (LOCAL_RAY_SPLIT, {"decode_workers": 1, "intra_op_threads": 1})]
-    configs += [(f"ray, {w or 'default'} worker(s)" if len(counts) > 1 else "ray", {"workers": w, **common})
-                for w in counts]
-    if a.fused:
-        configs.append(("ray (decode fused into actors)", {"workers": counts[0], "fuse_decode": True, **common}))
     rows: list[Measurement] = []
-    for label, engine_kwargs in configs:
+    for label, engine_kwargs in _configs(a.workers, a.gpus_per_worker, a.fused):
         engine = "local" if label.startswith("local") else "ray"
         kwargs = dict(engine=engine, corpus_dir=str(corpus), model_path=model, batch_size=a.batch_size,
                       repeats=a.repeats, engine_kwargs=engine_kwargs, label=label, address=a.address)
