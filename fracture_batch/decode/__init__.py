@@ -106,19 +106,25 @@ def decode_for_model(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     identifiers: IdentifierMode = IdentifierMode.HASH,
     uid_salt: str = "",
-    jpeg_draft: bool = False,
+    reduce: bool | None = None,
 ) -> tuple[np.ndarray, Decoded]:
-    """(3, S, S) float32 model input and the file's metadata (``pixels`` left empty)."""
+    """(3, S, S) float32 model input and the file's metadata (``pixels`` left empty).
+
+    ``reduce``: None follows the spec's rule (``spec.decode_reduce``), False decodes every
+    pixel whatever the spec says (parity checks against full decodes), True applies the
+    rule even where the spec turns it off."""
     from fracture_batch.model.preprocess import to_model_input
+    from fracture_batch.model.spec import DecodeReduce
 
     path = Path(path)
+    rule = spec if reduce is None else spec.replace(decode_reduce=DecodeReduce.AUTO if reduce else DecodeReduce.OFF)
     if is_dicom(path) or path.suffix.lower() in DICOM_SUFFIXES:
-        decoded = decode_file(path, max_pixels=max_pixels, identifiers=identifiers, uid_salt=uid_salt)
-    else:
-        from fracture_batch.model.spec import ResizeMode
+        from fracture_batch.decode.dicom import decode_dicom
 
-        target = spec.input_size if spec.resize_mode is ResizeMode.SQUASH else spec.resize_size
-        draft = 2 * target if jpeg_draft else None
-        decoded = decode_raster(path, max_pixels=max_pixels, draft_min_side=draft)
-    tensor = to_model_input(decoded.pixels, spec)
+        decoded = decode_dicom(path, max_pixels=max_pixels, identifiers=identifiers, uid_salt=uid_salt,
+                               reduce_spec=rule)
+    else:
+        decoded = decode_raster(path, max_pixels=max_pixels, reduce_spec=rule)
+    tensor = to_model_input(decoded.pixels, spec, decoded.geometry)
     return tensor, replace(decoded, pixels=np.empty((0, 0), np.float32))
+

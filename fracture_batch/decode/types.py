@@ -57,6 +57,9 @@ class Decoded:
     height: int
     bit_depth: int
     meta: dict[str, Any] = field(default_factory=dict)
+    # Set when ``pixels`` is a reduced decode (``decode.reduce``): where they sit on the
+    # full width x height image. None: ``pixels`` is the full image.
+    geometry: Any = None
 
 
 def check_size(width: int, height: int, max_pixels: int, what: str = "image") -> None:
