@@ -21,11 +21,12 @@ becomes a ``DecodeError`` without allocating it. PIL's own decompression-bomb ch
 by opening through the format plugin directly; the limit we apply is the caller's.
 
 ``decode_for_model`` returns the model tensor and the metadata without keeping the
-full-size pixels. With ``jpeg_draft=True`` (off by default) libjpeg scales a JPEG at least
-4x the target size by 1/2..1/8 while decoding (PIL ``draft``): ~1.5x faster on a
-2000x2500 JPEG, but it moves the tensor off the DALI path's by up to ~0.08 normalised
-units inside the image (mean ~0.01; measured in tests/test_dali.py), and the scorer's
-usual JPEGs (400-700 px) are too small for it to engage at 224 px, so parity wins.
+full-size pixels, and decodes only what the model sees: per the spec's reduction rule
+(``ModelSpec.decode_reduce`` / ``reduce_min_ratio``, ``fracture_batch.decode.reduce``)
+JPEG 2000 / HTJ2K drop resolution levels, JPEG uses libjpeg's DCT scaling, everything
+else is box-averaged before the final antialiased resize, which maps the reduced pixels
+back onto the full image's geometry. ``reduce=False`` decodes every pixel (parity checks
+against DALI, which always does).
 Every failure raises ``DecodeError`` with a message a person understands.
 """
 from __future__ import annotations
