@@ -104,3 +104,30 @@ def test_device_path_on_cuda_matches_pydicom(archive):
         # nvJPEG2000 / nvJPEG lossless are exact; the matrix products run in TF32 or FP32
         assert np.abs(got - want).max() < 1e-3, f.syntax
     assert torch.cuda.is_available()
+
+
+def test_score_with_the_device_decoder_counts_paths_in_success(archive, tmp_path_factory, tmp_path):
+    """``--decoder nvimgcodec`` end to end on the CPU backends: one ok row per file and
+    the decode paths (device / raw-upload / host-decoded / cpu:<why>) in _SUCCESS."""
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from fracture_batch.cli import main
+    from support.modelgen import tiny_models
+
+    _, onnx_path = tiny_models(tmp_path_factory)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for f in archive:
+        shutil.copy(f.path, inputs / f.path.name)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["score", str(inputs), "--model", str(onnx_path), "--out", str(out),
+                                    "--decoder", "nvimgcodec"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "_SUCCESS").read_text())
+    summary = summary.get("summary", summary)
+    assert summary["ok"] == len(archive) and summary["errors"] == 0
+    paths = summary["decode_paths"]
+    assert sum(v for k, v in paths.items() if k != "errors") == len(archive) and paths["device"] >= 2

@@ -27,7 +27,9 @@ def _choice(enum_cls) -> click.Choice:
 @click.option("--device", type=_choice(DeviceKind), default="auto",
               help="auto: CUDA when a GPU and a CUDA-capable backend are present, else CPU.")
 @click.option("--decoder", type=_choice(DecoderKind), default="auto",
-              help="Decoder family. auto: DALI on a GPU, the Python decoders (PIL/pydicom) on CPU.")
+              help="Decoder family. auto: DALI on a GPU, the Python decoders (PIL/pydicom) on CPU. "
+                   "nvimgcodec: DICOM decoded on the device by nvImageCodec + torch (JPEG, JPEG 2000, HTJ2K; "
+                   "LUT/window/resize there, CPU fallback per file counted in _SUCCESS), other formats by Python.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, help="Images per inference batch.")
 @click.option("--decode-workers", type=click.IntRange(0), default=0,
               help="Decode workers (0: half the cores, at least 2). They share the cores with inference: "

@@ -76,6 +76,9 @@ class DecoderKind(str, enum.Enum):
     AUTO = "auto"
     DALI = "dali"
     PYTHON = "python"
+    # DICOM decoded on the device by nvImageCodec + torch (decode.gpu_dicom); other formats
+    # by the Python decoders. Runs on CPU backends without a GPU (slower than python there).
+    NVIMGCODEC = "nvimgcodec"
 
 
 class IdentifierMode(str, enum.Enum):

@@ -75,6 +75,7 @@ class ScoreSummary:
     device: str = ""
     decoder: str = ""
     threads: dict[str, int] = field(default_factory=dict)
+    decode_paths: dict[str, int] = field(default_factory=dict)  # device / cpu:<fallback reason> / ...
     skipped: list[dict[str, str]] = field(default_factory=list)
     dataset_rows: int = 0
     started_at: str = ""

@@ -87,6 +87,7 @@ def _score(session: Session, on_progress, on_start) -> ScoreSummary:
         ) from exc
     finally:
         predictor.close()
+    summary.decode_paths = dict(stages.decode_paths)
     counts = Counts(already_done=stages.already_done_count, scored=stages.rows_committed,
                     ok=stages.ok_committed, parts_written=len(writer.parts), seconds=time.perf_counter() - t0)
     return session.finish(summary, counts, stats, spec=predictor.spec, model=str(predictor.model_path),
