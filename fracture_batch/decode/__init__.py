@@ -51,7 +51,7 @@ from fracture_batch.decode.types import (
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "DICOM_SUFFIXES", "MAX_TIFF_PAGES", "Decoded", "DecodeError", "DecoderKind",
-    "IdentifierMode", "check_size", "decode_file", "decode_for_model", "is_dicom", "looks_like_dicom",
+    "IdentifierMode", "check_size", "decode_file", "decode_for_model", "decode_gray", "is_dicom", "looks_like_dicom",
     "open_image", "probe_image", "tiff_page_count",
 ]
 
@@ -115,6 +115,26 @@ def decode_for_model(
     pixel whatever the spec says (parity checks against full decodes), True applies the
     rule even where the spec turns it off."""
     from fracture_batch.model.preprocess import to_model_input
+
+    decoded = decode_gray(path, spec, max_pixels=max_pixels, identifiers=identifiers, uid_salt=uid_salt,
+                          reduce=reduce)
+    tensor = to_model_input(decoded.pixels, spec, decoded.geometry)
+    return tensor, replace(decoded, pixels=np.empty((0, 0), np.float32))
+
+
+@contained
+def decode_gray(
+    path: str | Path,
+    spec,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    identifiers: IdentifierMode = IdentifierMode.HASH,
+    uid_salt: str = "",
+    reduce: bool | None = None,
+) -> Decoded:
+    """The first half of ``decode_for_model``: gray [0, 1] pixels decoded by the spec's
+    reduction rule, with their ``geometry`` (None when full size); the second half is
+    ``model.preprocess.to_model_input(pixels, spec, geometry)``."""
     from fracture_batch.model.spec import DecodeReduce
 
     path = Path(path)
@@ -126,6 +146,5 @@ def decode_for_model(
                                reduce_spec=rule)
     else:
         decoded = decode_raster(path, max_pixels=max_pixels, reduce_spec=rule)
-    tensor = to_model_input(decoded.pixels, spec, decoded.geometry)
-    return tensor, replace(decoded, pixels=np.empty((0, 0), np.float32))
+    return decoded
 

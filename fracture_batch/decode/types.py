@@ -81,6 +81,14 @@ class DecoderKind(str, enum.Enum):
     NVIMGCODEC = "nvimgcodec"
 
 
+class ReduceOverride(str, enum.Enum):
+    """``score --decode-reduce``: follow the model spec's reduction rule, or decode every
+    pixel for this run (a check against the full decode; the spec is not changed)."""
+
+    SPEC = "spec"
+    OFF = "off"
+
+
 class IdentifierMode(str, enum.Enum):
     """How DICOM UIDs (study / series / SOP instance) are written to outputs.
 

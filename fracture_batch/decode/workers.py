@@ -47,6 +47,7 @@ class DecodeOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     identifiers: str = IdentifierMode.HASH.value  # how DICOM UIDs reach the output
     uid_salt: str = ""
+    decode_reduce: str = "spec"  # ReduceOverride: the spec's reduction rule, or "off"
 
 
 def decode_one(file: InputFile, spec: ModelSpec, opts: DecodeOptions) -> DecodeResult:
@@ -56,7 +57,8 @@ def decode_one(file: InputFile, spec: ModelSpec, opts: DecodeOptions) -> DecodeR
     t0 = time.perf_counter()
     try:
         tensor, decoded = decode_for_model(file.path, spec, max_pixels=opts.max_pixels,
-                                           identifiers=IdentifierMode(opts.identifiers), uid_salt=opts.uid_salt)
+                                           identifiers=IdentifierMode(opts.identifiers), uid_salt=opts.uid_salt,
+                                           reduce=False if opts.decode_reduce == "off" else None)
     except DecodeError as exc:
         return DecodeResult(file, None, str(exc), {"decode_ms": _ms(t0)})
     except MemoryError:

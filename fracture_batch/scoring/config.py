@@ -48,6 +48,7 @@ class ScoreConfig:
     max_pixels: int = 100_000_000
     identifiers: IdentifierMode = IdentifierMode.HASH  # how DICOM UIDs reach the rows
     uid_salt: str = ""
+    decode_reduce: str = "spec"  # decode.types.ReduceOverride
     amp: bool = False
     engine_cache_dir: str | None = None  # default: <out>/_engine_cache (nothing outside --out)
 
