@@ -194,3 +194,14 @@ def test_plain_jpeg_dct_scaling_follows_the_rule(tmp_path):
     assert info.geometry.method == "jpeg-dct" and info.geometry.factor == 4
     assert (info.width, info.height) == (520, 600)
     assert np.abs(fast - full).mean() < 0.02  # as the former opt-in draft test measured
+
+
+def test_jpeg_lossless_fast_decoder_gives_gdcms_values(archive, monkeypatch):
+    import pydicom
+
+    from fracture_batch.decode import dicom_frames
+
+    f = next(f for f in archive if f.syntax is DicomSyntax.JPEG_LOSSLESS)
+    ds = pydicom.dcmread(f.path)
+    fast = dicom_frames._jpeg_lossless(ds, ds.Rows, ds.Columns)
+    np.testing.assert_array_equal(fast, ds.pixel_array)  # pixel_array: python-gdcm here
