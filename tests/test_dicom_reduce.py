@@ -205,3 +205,19 @@ def test_jpeg_lossless_fast_decoder_gives_gdcms_values(archive, monkeypatch):
     ds = pydicom.dcmread(f.path)
     fast = dicom_frames._jpeg_lossless(ds, ds.Rows, ds.Columns)
     np.testing.assert_array_equal(fast, ds.pixel_array)  # pixel_array: python-gdcm here
+
+
+def test_decode_options_can_turn_the_rule_off_for_a_run(archive):
+    """``score --decode-reduce off`` reaches the decode workers (thread and process alike:
+    DecodeOptions crosses to the child as a dict)."""
+    from fracture_batch.decode.workers import DecodeOptions, decode_one
+    from fracture_batch.decode.types import InputFile
+
+    spec = ModelSpec(input_size=48)
+    f = next(f for f in archive if f.syntax is DicomSyntax.JPEG2000)
+    item = InputFile(str(f.path), f.path.name, f.path.stat().st_size)
+    on = decode_one(item, spec, DecodeOptions())
+    off = decode_one(item, spec, DecodeOptions(decode_reduce="off"))
+    full, _ = decode_for_model(f.path, spec, reduce=False)
+    np.testing.assert_array_equal(off.tensor, full)
+    assert np.abs(on.tensor - full).max() > 0  # the rule engaged by default
