@@ -50,16 +50,15 @@ def create_context(work: Path, model: Path | None, arch: str, input_size: int) -
 
     from fracture_batch.bench.artifacts import resolve_artifacts
     from fracture_batch.synth.corpus import make_regime_corpus
-    from fracture_batch.decode import decode_file
+    from fracture_batch.decode import decode_for_model
     from fracture_batch.model.checkpoint import load_checkpoint
-    from fracture_batch.model.preprocess import to_model_input
 
     art = resolve_artifacts(model, work / "model", arch=arch, input_size=input_size)
     if art.checkpoint is None:
         raise RuntimeError("the acceptance run needs the checkpoint (model.pt) for its fp32 reference")
     images = make_regime_corpus(work / "images", "small", 8)
     spec = art.spec
-    x = np.stack([to_model_input(decode_file(p).pixels, spec) for p in images])
+    x = np.stack([decode_for_model(p, spec)[0] for p in images])  # the scorer's preprocessing
     net, _ = load_checkpoint(art.checkpoint)
     with torch.no_grad():
         ref = spec.probabilities(net(torch.from_numpy(x)).numpy())

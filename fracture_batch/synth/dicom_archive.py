@@ -43,7 +43,7 @@ def syntax_available(syntax: DicomSyntax) -> tuple[bool, str]:
     """(can be written here, why not)."""
     try:
         if syntax is DicomSyntax.JPEG_LOSSLESS:
-            import gdcm  # noqa: F401
+            import gdcm  # noqa: F401  (importable = the encoder is there)
         elif syntax is DicomSyntax.HTJ2K:
             import imagecodecs
 
