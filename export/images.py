@@ -25,8 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fracture_batch.decode import DecodeError, decode_file
-from fracture_batch.model.preprocess import to_model_input
+from fracture_batch.decode import DecodeError, decode_for_model
 from fracture_batch.model.spec import ModelSpec
 
 from export.config import ExportConfig
@@ -162,7 +161,7 @@ def load_inputs(images: ImageSet, spec: ModelSpec) -> tuple[np.ndarray, ImageSet
     arrays, paths, labels = [], [], []
     for path, label in zip(images.paths, images.labels):
         try:
-            arrays.append(to_model_input(decode_file(path).pixels, spec))
+            arrays.append(decode_for_model(path, spec)[0])  # the spec's reduction rule, as scoring
         except DecodeError as exc:
             log.warning("skipping %s: %s", path, exc)
             continue

@@ -99,6 +99,16 @@ def decoder_components() -> list[Component]:
     comps.append(Component("pillow", bool(_version("pillow")), _version("pillow"), "PNG, JPEG, TIFF, BMP"))
     comps.append(Component("tifffile", bool(_version("tifffile")), _version("tifffile"), "16-bit and odd TIFFs"))
     comps.append(_pydicom_component())
+    from fracture_batch.decode.gpu_dicom import has_nvimgcodec
+    from fracture_batch.decode.reduce import has_htj2k_skipres
+
+    ok, why = has_nvimgcodec()
+    comps.append(Component("nvidia-nvimgcodec", ok, _version("nvidia-nvimgcodec-cu13") if ok else "",
+                           "DICOM on the device (score --decoder nvimgcodec)" if ok else why))
+    ic = has_htj2k_skipres()
+    comps.append(Component("imagecodecs", ic, _version("imagecodecs"),
+                           "HTJ2K reduced-resolution decode (OpenJPH), JPEG lossless (liblj92)" if ic else
+                           "missing: HTJ2K and JPEG lossless decode at full cost; pip install imagecodecs"))
     return comps
 
 

@@ -70,11 +70,11 @@ def test_acceptance_gpu_rows_skipped_cpu_rows_pass(tmp_path):
     rows = json.loads((tmp_path / "acceptance.json").read_text())["measurements"]
     cpu = [r for r in rows if r["device"] == "cpu"]
     gpu = [r for r in rows if r["device"] == "cuda"]
-    assert len(cpu) == 5 and all(r["status"] == "pass" for r in cpu), [(r["name"], r["note"]) for r in cpu]
+    assert len(cpu) == 6 and all(r["status"] == "pass" for r in cpu), [(r["name"], r["note"]) for r in cpu]
     import torch
 
     if not torch.cuda.is_available():
-        assert len(gpu) == 10 and all(r["status"] == "skipped" and "CUDA" in r["note"] for r in gpu)
+        assert len(gpu) == 11 and all(r["status"] == "skipped" and "CUDA" in r["note"] for r in gpu)
     else:  # on a GPU machine no row may be skipped for want of a GPU
         assert gpu and not [r for r in gpu if r["status"] == "skipped" and "no CUDA" in (r["note"] or "")]
     passed = sum(r["status"] == "pass" for r in rows)

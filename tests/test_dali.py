@@ -50,7 +50,7 @@ def test_dali_matches_python_path(tmp_path, mode):
     assert batch.errors == [None] * len(files)
     assert batch.tensors.shape == (len(files), 3, SIZE, SIZE)
     for (name, path), got in zip(files.items(), batch.tensors):
-        want, _ = decode_for_model(path, spec, jpeg_draft=False)
+        want, _ = decode_for_model(path, spec, reduce=False)  # DALI decodes every pixel
         diff = np.abs(got - want)
         inner = diff[:, 1:-1, 1:-1]
         colour = name in ("rgb_png", "palette_png")
@@ -131,8 +131,9 @@ def test_dali_mixed_gpu_matches_cpu(tmp_path):
 
 
 def test_jpeg_draft_python_path_close_to_dali(tmp_path):
-    """Opt-in ``jpeg_draft``: libjpeg scales large JPEGs by 1/2..1/8 (PIL draft) where
-    DALI decodes them in full; both low-pass before the final antialiased resize."""
+    """The spec's reduction rule (default): libjpeg scales large JPEGs by 1/2..1/8 (PIL
+    draft) where DALI decodes them in full; both low-pass before the final antialiased
+    resize. With the rule off the two paths give the same pixels."""
     from fracture_batch.decode.dali import DaliPreprocessor
 
     spec = ModelSpec(input_size=SIZE)
@@ -140,9 +141,9 @@ def test_jpeg_draft_python_path_close_to_dali(tmp_path):
     arr = np.clip(smooth_noise(520, 480, 7) + rng.normal(0, 0.02, (520, 480)), 0, 1)
     Image.fromarray((arr * 255).astype(np.uint8)).save(tmp_path / "big.jpg", quality=90)
     got = DaliPreprocessor(spec).run([(tmp_path / "big.jpg", None)]).tensors[0]
-    exact, _ = decode_for_model(tmp_path / "big.jpg", spec)
-    draft, _ = decode_for_model(tmp_path / "big.jpg", spec, jpeg_draft=True)  # 480 >= 4 * 48
-    assert np.abs(got - exact)[:, 1:-1, 1:-1].max() < 1e-3  # default: same pixels as DALI
+    exact, _ = decode_for_model(tmp_path / "big.jpg", spec, reduce=False)
+    draft, _ = decode_for_model(tmp_path / "big.jpg", spec)  # 480 / 4 >= 2 * 48
+    assert np.abs(got - exact)[:, 1:-1, 1:-1].max() < 1e-3  # rule off: same pixels as DALI
     diff = np.abs(got - draft)[:, 1:-1, 1:-1]
     # Measured on noisy film-like JPEGs: max 0.04-0.08, mean 0.010-0.012 (48 and 224 px,
     # 520x480 and 2500x2000); bounds give ~2x margin. Nonzero shows draft engaged.

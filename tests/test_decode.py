@@ -156,7 +156,7 @@ def test_jpeg_draft_close_to_full_decode(tmp_path):
     arr = (smooth_noise(600, 520) * 255).astype(np.uint8)
     Image.fromarray(arr).save(tmp_path / "big.jpg", quality=95)
     spec = ModelSpec(input_size=64)
-    fast, _ = decode_for_model(tmp_path / "big.jpg", spec, jpeg_draft=True)
+    fast, _ = decode_for_model(tmp_path / "big.jpg", spec, reduce=True)
     full = to_model_input(decode_file(tmp_path / "big.jpg").pixels, spec)
     # DCT-domain 1/4 scaling vs full decode + antialiased resize: both low-pass the
     # same data; the residual is a few grey levels (0.02 * 0.229 * 255 ~ 1.2 levels mean).

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from fracture_batch.backends.base import DeviceKind
-from fracture_batch.model.spec import ResizeMode, ThresholdMethod
+from fracture_batch.model.spec import DecodeReduce, ResizeMode, ThresholdMethod
 
 
 class Unfreeze(str, enum.Enum):
@@ -55,6 +55,8 @@ class TrainConfig:
     arch: str = "resnet50"
     image_size: int = 224
     resize_mode: ResizeMode = ResizeMode.SQUASH
+    decode_reduce: DecodeReduce = DecodeReduce.AUTO  # recorded in the model spec
+    reduce_min_ratio: float = 2.0
     # Phase 1: head only. Phase 2: unfrozen per ``unfreeze``.
     frozen_epochs: int = 5
     epochs: int = 10
@@ -118,7 +120,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
         types = {f.name: f.type for f in dataclasses.fields(cls)}
-        enums = {"resize_mode": ResizeMode, "unfreeze": Unfreeze, "imbalance": Imbalance,
+        enums = {"resize_mode": ResizeMode, "decode_reduce": DecodeReduce, "unfreeze": Unfreeze, "imbalance": Imbalance,
                  "threshold_rule": ThresholdMethod, "device": DeviceKind, "amp_dtype": AmpDtype,
                  "loader": Loader}
         kw: dict[str, Any] = {}

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fracture_batch.decode import DecodeError, decode_file
+from fracture_batch.decode import DecodeError, decode_file, decode_gray
 from fracture_batch.model.preprocess import normalize_gray, resize_gray, to_model_input
 from fracture_batch.model.spec import ModelSpec
 
@@ -145,10 +145,11 @@ class XrayDataset:
 
     def load_reduced(self, index: int) -> np.ndarray:
         """Decode and reduce early: the expensive part, done once when caching."""
-        gray = decode_file(self.samples[index].path).pixels
         if self.train:
+            gray = decode_file(self.samples[index].path).pixels
             return reduce_to_working_size(gray, round(self.spec.input_size * WORKING_SIZE_FACTOR))
-        return resize_gray(gray, self.spec)  # exactly what to_model_input resizes to
+        d = decode_gray(self.samples[index].path, self.spec)  # the spec's reduction rule, as scoring
+        return resize_gray(d.pixels, self.spec, d.geometry)  # exactly what to_model_input resizes to
 
     def __getitem__(self, index: int):
         import torch
@@ -164,7 +165,8 @@ class XrayDataset:
             elif cached is not None:
                 x = normalize_gray(gray, self.spec)  # resize already done: same as to_model_input
             else:
-                x = to_model_input(decode_file(self.samples[index].path).pixels, self.spec)
+                d = decode_gray(self.samples[index].path, self.spec)
+                x = to_model_input(d.pixels, self.spec, d.geometry)
         except DecodeError as exc:
             return None, f"{self.samples[index].relpath}: {exc}", index
         except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped, never fatal

@@ -153,6 +153,7 @@ def fit(config: TrainConfig, *, resume: bool = False,
         pretrained_source = state["pretrained"] if state else weights.source
         base_spec = ModelSpec(arch=config.arch, input_size=config.image_size,
                               resize_mode=config.resize_mode, pretrained=pretrained_source,
+                              decode_reduce=config.decode_reduce, reduce_min_ratio=config.reduce_min_ratio,
                               positive_class=config.positive_class, versions=_versions())
         bad: dict[str, str] = dict(state["bad_files"]) if state else {}
 

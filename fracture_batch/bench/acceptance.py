@@ -50,16 +50,15 @@ def create_context(work: Path, model: Path | None, arch: str, input_size: int) -
 
     from fracture_batch.bench.artifacts import resolve_artifacts
     from fracture_batch.synth.corpus import make_regime_corpus
-    from fracture_batch.decode import decode_file
+    from fracture_batch.decode import decode_for_model
     from fracture_batch.model.checkpoint import load_checkpoint
-    from fracture_batch.model.preprocess import to_model_input
 
     art = resolve_artifacts(model, work / "model", arch=arch, input_size=input_size)
     if art.checkpoint is None:
         raise RuntimeError("the acceptance run needs the checkpoint (model.pt) for its fp32 reference")
     images = make_regime_corpus(work / "images", "small", 8)
     spec = art.spec
-    x = np.stack([to_model_input(decode_file(p).pixels, spec) for p in images])
+    x = np.stack([decode_for_model(p, spec)[0] for p in images])  # the scorer's preprocessing
     net, _ = load_checkpoint(art.checkpoint)
     with torch.no_grad():
         ref = spec.probabilities(net(torch.from_numpy(x)).numpy())
@@ -209,6 +208,45 @@ def train_bf16_cpu(ctx: Context) -> str:
     return _train_step("cpu", "bf16")
 
 
+def _device_dicom(ctx: Context, device: str) -> str:
+    """DICOM archive (every lossless syntax) through decode.gpu_dicom vs the pydicom path."""
+    from fracture_batch.decode import decode_for_model
+    from fracture_batch.decode.gpu_dicom import DeviceDicomPreprocessor, has_nvimgcodec
+    from fracture_batch.synth.dicom_archive import generate_dicom_archive
+
+    ok, why = has_nvimgcodec()
+    if not ok:
+        raise Skip(why)
+    # Full size on the GPU (what nvJPEG2000 / nvJPEG lossless must get right); small on
+    # the CPU backends, whose JPEG 2000 decoder (OpenCV) takes ~1 s per 5 MP frame.
+    shape = (2500, 2000) if device == "cuda" else (300, 240)
+    files = generate_dicom_archive(ctx.work / f"dicom-{device}", 2, shape=shape)
+    spec = ctx.art.spec
+    batch = DeviceDicomPreprocessor(spec, device=device).run([f.path for f in files])
+    if any(batch.errors):
+        raise AssertionError(f"device DICOM errors: {[e for e in batch.errors if e][:2]}")
+    got = batch.tensors.cpu().numpy()
+    want = np.stack([decode_for_model(f.path, spec, reduce=False)[0] for f in files])
+    diff = float(np.abs(got - want).max())
+    counts = dict(batch.counts)
+    fallbacks = {k: v for k, v in counts.items() if k.startswith("cpu:")}
+    host_ms = float(np.median(batch.host_ms))
+    if diff > 1e-3:  # PIL coefficients as matrices: 1e-5 measured on CPU; TF32 would show here
+        raise AssertionError(f"max |tensor diff| {diff:.2e} vs pydicom; paths {counts}")
+    if device == "cuda" and fallbacks:
+        raise AssertionError(f"silent-failure fallbacks on the GPU: {fallbacks} (paths {counts})")
+    return f"{len(files)} files, max |diff| {diff:.1e}, paths {counts}, host part {host_ms:.1f} ms/file (median)"
+
+
+def device_dicom_cpu(ctx: Context) -> str:
+    return _device_dicom(ctx, "cpu")
+
+
+def device_dicom_cuda(ctx: Context) -> str:
+    need_cuda()
+    return _device_dicom(ctx, "cuda")
+
+
 # ---- GPU rows -------------------------------------------------------------------------
 def train_amp_cuda(ctx: Context) -> str:
     need_cuda()
@@ -276,8 +314,10 @@ CHECKS: tuple[tuple[str, str, Callable[[Context], str]], ...] = (
     ("score (runner) onnxruntime fp32 vs CPU fp32", "cpu", score_cpu),
     ("DALI CPU decoding vs Python decoders", "cpu", dali_cpu),
     ("bf16 autocast training step", "cpu", train_bf16_cpu),
+    ("DICOM device path (nvImageCodec CPU backends + torch) vs pydicom", "cpu", device_dicom_cpu),
     ("CUDA AMP training step (fp16 + GradScaler)", "cuda", train_amp_cuda),
     ("DALI mixed (nvJPEG) decoding vs Python decoders", "cuda", dali_mixed),
+    ("DICOM on the GPU (nvJPEG2000/nvJPEG + torch) vs pydicom, no fallbacks", "cuda", device_dicom_cuda),
     ("TensorRT engine build fp32", "cuda", trt_build("fp32")),
     ("TensorRT engine build fp16", "cuda", trt_build("fp16")),
     ("TensorRT engine build int8 (Q/DQ)", "cuda", trt_build("int8")),

@@ -32,13 +32,12 @@ def _megapixels(paths: list[Path]) -> float:
 
 
 def _python_fn(preprocess: bool, input_size: int) -> Callable[[Path], Any]:
-    from fracture_batch.decode import decode_file
-    from fracture_batch.model.preprocess import to_model_input
+    from fracture_batch.decode import decode_file, decode_for_model
     from fracture_batch.model.spec import ModelSpec
 
     spec = ModelSpec(input_size=input_size)
-    if preprocess:
-        return lambda p: to_model_input(decode_file(p).pixels, spec)
+    if preprocess:  # what a scorer's decode worker does: the spec's reduction rule included
+        return lambda p: decode_for_model(p, spec)[0]
     return lambda p: decode_file(p).pixels
 
 

@@ -7,7 +7,7 @@ import sys
 import click
 
 from fracture_batch.backends.base import BackendKind, DeviceKind
-from fracture_batch.decode.types import DecoderKind, IdentifierMode
+from fracture_batch.decode.types import DecoderKind, IdentifierMode, ReduceOverride
 from fracture_batch.scoring.config import DecodeIsolation
 from fracture_batch.scoring.config import Engine
 
@@ -27,7 +27,9 @@ def _choice(enum_cls) -> click.Choice:
 @click.option("--device", type=_choice(DeviceKind), default="auto",
               help="auto: CUDA when a GPU and a CUDA-capable backend are present, else CPU.")
 @click.option("--decoder", type=_choice(DecoderKind), default="auto",
-              help="Decoder family. auto: DALI on a GPU, the Python decoders (PIL/pydicom) on CPU.")
+              help="Decoder family. auto: DALI on a GPU, the Python decoders (PIL/pydicom) on CPU. "
+                   "nvimgcodec: DICOM decoded on the device by nvImageCodec + torch (JPEG, JPEG 2000, HTJ2K; "
+                   "LUT/window/resize there, CPU fallback per file counted in _SUCCESS), other formats by Python.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, help="Images per inference batch.")
 @click.option("--decode-workers", type=click.IntRange(0), default=0,
               help="Decode workers (0: half the cores, at least 2). They share the cores with inference: "
@@ -49,6 +51,10 @@ def _choice(enum_cls) -> click.Choice:
 @click.option("--overwrite", is_flag=True, help="Remove this tool's existing parts in --out and start again.")
 @click.option("--max-pixels", type=click.IntRange(1), default=100_000_000,
               help="Refuse (error row) images with more pixels than this: protects memory from decode bombs.")
+@click.option("--decode-reduce", type=_choice(ReduceOverride), default="spec",
+              help="spec: decode only what the model sees, by the model spec's rule (JPEG 2000/HTJ2K "
+                   "resolution levels, JPEG DCT scaling, box means; see README 'Archives are DICOM'). "
+                   "off: decode every pixel for this run (a check against the full decode).")
 @click.option("--dicom-ids", type=_choice(IdentifierMode), default="hash",
               help="DICOM Study/Series/SOP Instance UIDs in the output: hash (SHA-256 of salt + UID: "
                    "joinable across runs, raw UIDs stay at the site), keep (as is), drop. Patient name, "
@@ -72,7 +78,7 @@ def _choice(enum_cls) -> click.Choice:
 @click.option("--cpus-per-worker", type=click.FloatRange(min=0.0, min_open=True), default=1.0,
               help="--engine ray: CPUs each actor reserves (also its inference threads).")
 def score(inputs, model, out, backend, device, decoder, batch_size, decode_workers, intra_op_threads,
-          decode_isolation, decode_timeout, part_rows, part_seconds, resume, overwrite, max_pixels, dicom_ids,
+          decode_isolation, decode_timeout, part_rows, part_seconds, resume, overwrite, max_pixels, decode_reduce, dicom_ids,
           uid_salt, amp, engine_cache, progress, engine, address, workers, gpus_per_worker, cpus_per_worker):
     """Score every file under INPUTS (directories or files, walked recursively) into --out.
 
@@ -92,7 +98,7 @@ def score(inputs, model, out, backend, device, decoder, batch_size, decode_worke
         decoder=decoder, batch_size=batch_size, decode_workers=decode_workers, intra_op_threads=intra_op_threads,
         decode_isolation=DecodeIsolation(decode_isolation), decode_timeout=decode_timeout, part_rows=part_rows,
         part_seconds=part_seconds, resume=resume, overwrite=overwrite, max_pixels=max_pixels,
-        identifiers=dicom_ids, uid_salt=uid_salt, amp=amp, engine_cache_dir=engine_cache,
+        identifiers=dicom_ids, uid_salt=uid_salt, decode_reduce=decode_reduce, amp=amp, engine_cache_dir=engine_cache,
     )
     show = sys.stderr.isatty() if progress is None else progress
     bar = ProgressBar(enabled=show)

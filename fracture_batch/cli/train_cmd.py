@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from fracture_batch.backends.base import DeviceKind
-from fracture_batch.model.spec import ResizeMode, ThresholdMethod
+from fracture_batch.model.spec import DecodeReduce, ResizeMode, ThresholdMethod
 
 # Enum values spelled out here so `--help` does not import torch/train.
 # The values of train.config's Unfreeze / Imbalance / Loader / AmpDtype, spelled out so --help
@@ -28,6 +28,12 @@ AMP_DTYPES = ("auto", "bf16", "fp16")
 @click.option("--image-size", type=int, default=224, help="Square model input size in pixels.")
 @click.option("--resize-mode", type=click.Choice([m.value for m in ResizeMode]), default=ResizeMode.SQUASH.value,
               help="How an image becomes square: squash the whole image, or shorter side + centre crop.")
+@click.option("--decode-reduce", type=click.Choice([m.value for m in DecodeReduce]), default=DecodeReduce.AUTO.value,
+              help="auto: decode only what the model sees (JPEG 2000/HTJ2K levels, JPEG DCT scaling, box "
+                   "means), recorded in the model spec so evaluation, export parity and scoring do the same; "
+                   "off: decode every pixel.")
+@click.option("--reduce-min-ratio", type=click.FloatRange(1.0, 64.0), default=2.0,
+              help="With --decode-reduce auto: decoded pixels kept per resized pixel, per side, at least.")
 @click.option("--frozen-epochs", type=int, default=5, help="Phase 1 epochs: backbone frozen, head only (0 skips).")
 @click.option("--epochs", type=int, default=10, help="Phase 2 epochs: backbone unfrozen per --unfreeze (0 skips).")
 @click.option("--unfreeze", type=click.Choice(UNFREEZE), default="all",

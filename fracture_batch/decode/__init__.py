@@ -21,11 +21,12 @@ becomes a ``DecodeError`` without allocating it. PIL's own decompression-bomb ch
 by opening through the format plugin directly; the limit we apply is the caller's.
 
 ``decode_for_model`` returns the model tensor and the metadata without keeping the
-full-size pixels. With ``jpeg_draft=True`` (off by default) libjpeg scales a JPEG at least
-4x the target size by 1/2..1/8 while decoding (PIL ``draft``): ~1.5x faster on a
-2000x2500 JPEG, but it moves the tensor off the DALI path's by up to ~0.08 normalised
-units inside the image (mean ~0.01; measured in tests/test_dali.py), and the scorer's
-usual JPEGs (400-700 px) are too small for it to engage at 224 px, so parity wins.
+full-size pixels, and decodes only what the model sees: per the spec's reduction rule
+(``ModelSpec.decode_reduce`` / ``reduce_min_ratio``, ``fracture_batch.decode.reduce``)
+JPEG 2000 / HTJ2K drop resolution levels, JPEG uses libjpeg's DCT scaling, everything
+else is box-averaged before the final antialiased resize, which maps the reduced pixels
+back onto the full image's geometry. ``reduce=False`` decodes every pixel (parity checks
+against DALI, which always does).
 Every failure raises ``DecodeError`` with a message a person understands.
 """
 from __future__ import annotations
@@ -50,7 +51,7 @@ from fracture_batch.decode.types import (
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "DICOM_SUFFIXES", "MAX_TIFF_PAGES", "Decoded", "DecodeError", "DecoderKind",
-    "IdentifierMode", "check_size", "decode_file", "decode_for_model", "is_dicom", "looks_like_dicom",
+    "IdentifierMode", "check_size", "decode_file", "decode_for_model", "decode_gray", "is_dicom", "looks_like_dicom",
     "open_image", "probe_image", "tiff_page_count",
 ]
 
@@ -106,19 +107,44 @@ def decode_for_model(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     identifiers: IdentifierMode = IdentifierMode.HASH,
     uid_salt: str = "",
-    jpeg_draft: bool = False,
+    reduce: bool | None = None,
 ) -> tuple[np.ndarray, Decoded]:
-    """(3, S, S) float32 model input and the file's metadata (``pixels`` left empty)."""
+    """(3, S, S) float32 model input and the file's metadata (``pixels`` left empty).
+
+    ``reduce``: None follows the spec's rule (``spec.decode_reduce``), False decodes every
+    pixel whatever the spec says (parity checks against full decodes), True applies the
+    rule even where the spec turns it off."""
     from fracture_batch.model.preprocess import to_model_input
 
-    path = Path(path)
-    if is_dicom(path) or path.suffix.lower() in DICOM_SUFFIXES:
-        decoded = decode_file(path, max_pixels=max_pixels, identifiers=identifiers, uid_salt=uid_salt)
-    else:
-        from fracture_batch.model.spec import ResizeMode
-
-        target = spec.input_size if spec.resize_mode is ResizeMode.SQUASH else spec.resize_size
-        draft = 2 * target if jpeg_draft else None
-        decoded = decode_raster(path, max_pixels=max_pixels, draft_min_side=draft)
-    tensor = to_model_input(decoded.pixels, spec)
+    decoded = decode_gray(path, spec, max_pixels=max_pixels, identifiers=identifiers, uid_salt=uid_salt,
+                          reduce=reduce)
+    tensor = to_model_input(decoded.pixels, spec, decoded.geometry)
     return tensor, replace(decoded, pixels=np.empty((0, 0), np.float32))
+
+
+@contained
+def decode_gray(
+    path: str | Path,
+    spec,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    identifiers: IdentifierMode = IdentifierMode.HASH,
+    uid_salt: str = "",
+    reduce: bool | None = None,
+) -> Decoded:
+    """The first half of ``decode_for_model``: gray [0, 1] pixels decoded by the spec's
+    reduction rule, with their ``geometry`` (None when full size); the second half is
+    ``model.preprocess.to_model_input(pixels, spec, geometry)``."""
+    from fracture_batch.model.spec import DecodeReduce
+
+    path = Path(path)
+    rule = spec if reduce is None else spec.replace(decode_reduce=DecodeReduce.AUTO if reduce else DecodeReduce.OFF)
+    if is_dicom(path) or path.suffix.lower() in DICOM_SUFFIXES:
+        from fracture_batch.decode.dicom import decode_dicom
+
+        decoded = decode_dicom(path, max_pixels=max_pixels, identifiers=identifiers, uid_salt=uid_salt,
+                               reduce_spec=rule)
+    else:
+        decoded = decode_raster(path, max_pixels=max_pixels, reduce_spec=rule)
+    return decoded
+

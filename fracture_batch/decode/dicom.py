@@ -98,15 +98,32 @@ def decode_dicom(
     max_pixels: int,
     identifiers: IdentifierMode = IdentifierMode.HASH,
     uid_salt: str = "",
+    reduce_spec=None,
 ) -> Decoded:
+    """``reduce_spec``: a ModelSpec whose reduction rule applies (``decode.reduce``); None
+    decodes every pixel. A reduced result carries its ``geometry``."""
+    from fracture_batch.decode.reduce import required_size
+
     ds, forced = read_header(path)
     rows, cols = validate_header(ds, path, max_pixels=max_pixels)
+    need = required_size(cols, rows, reduce_spec)
     meta = dicom_header_fields(ds, identifiers, salt=uid_salt)
-    arr = _frame0(ds, path, forced)
+    geometry = None
+    if need is not None:
+        from fracture_batch.decode.dicom_frames import frame0_reduced
+
+        arr, geometry = frame0_reduced(ds, need, lambda: _frame0(ds, path, forced))
+    else:
+        arr = _frame0(ds, path, forced)
     out = to_unit_gray(arr, ds)
+    if need is not None and geometry is None and out.shape == (rows, cols):
+        from fracture_batch.decode.reduce import reduce_by_box
+
+        out, geometry = reduce_by_box(out, need)  # colour / LUT-table files: after the LUTs
     bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
     log.debug("DICOM %s: %dx%d, %d-bit, %s", path, cols, rows, bits, meta.get("dicom_transfer_syntax_uid"))
-    return Decoded(out, "dicom", out.shape[1], out.shape[0], bits, meta=meta)
+    width, height = (geometry.width, geometry.height) if geometry is not None else (out.shape[1], out.shape[0])
+    return Decoded(out, "dicom", width, height, bits, meta=meta, geometry=geometry)
 
 
 def read_header(path: Path):

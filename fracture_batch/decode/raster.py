@@ -177,7 +177,21 @@ def tiff_page_count(src, limit: int = MAX_TIFF_PAGES) -> int:
 
 
 # ---- raster decoding ------------------------------------------------------------------
-def decode_raster(path: Path, *, max_pixels: int, draft_min_side: int | None = None) -> Decoded:
+def decode_raster(path: Path, *, max_pixels: int, reduce_spec=None) -> Decoded:
+    """``reduce_spec``: a ModelSpec whose reduction rule applies (``decode.reduce``): JPEG
+    DCT scaling, else a box mean of the decoded gray; the result carries its geometry."""
+    decoded = _decode_raster(path, max_pixels=max_pixels, reduce_spec=reduce_spec)
+    if reduce_spec is not None and decoded.geometry is None:
+        from fracture_batch.decode.reduce import reduce_by_box, required_size
+
+        pixels, geometry = reduce_by_box(decoded.pixels, required_size(decoded.width, decoded.height, reduce_spec))
+        if geometry is not None:
+            decoded = Decoded(pixels, decoded.format, decoded.width, decoded.height, decoded.bit_depth,
+                              decoded.meta, geometry)
+    return decoded
+
+
+def _decode_raster(path: Path, *, max_pixels: int, reduce_spec=None) -> Decoded:
     try:
         img, fmt = _open_checked(path, None, max_pixels)
     except DecodeError:
@@ -200,8 +214,9 @@ def decode_raster(path: Path, *, max_pixels: int, draft_min_side: int | None = N
                 if _tiff_needs_tifffile(img):
                     arr, depth = _tiff_via_tifffile(path, max_pixels)
                     return Decoded(arr, fmt, arr.shape[1], arr.shape[0], depth)
-            if fmt == "jpeg" and draft_min_side and min(w, h) >= 2 * draft_min_side:
-                img.draft("L" if img.mode == "L" else img.mode, (draft_min_side, draft_min_side))
+            geometry = None
+            if fmt == "jpeg" and reduce_spec is not None:
+                geometry = _jpeg_draft(img, reduce_spec)
             img.load()
             img = _exif_transposed(img)
             arr, depth = _to_gray_float(img)
@@ -211,7 +226,28 @@ def decode_raster(path: Path, *, max_pixels: int, draft_min_side: int | None = N
             raise DecodeError(f"out of memory decoding a {w}x{h} image") from None
         except Exception as exc:  # PIL raises OSError/ValueError/SyntaxError/... on bad data
             raise DecodeError(f"corrupt or truncated {fmt.upper()} image: {exc}") from None
+    if geometry is not None:
+        return Decoded(arr, fmt, geometry.width, geometry.height, depth, geometry=geometry)
     return Decoded(arr, fmt, arr.shape[1], arr.shape[0], depth)
+
+
+def _jpeg_draft(img, spec):
+    """libjpeg DCT scaling (PIL ``draft``) per the reduction rule; None when it does not
+    engage. Only without an EXIF rotation (the geometry is of the stored orientation)."""
+    from fracture_batch.decode.reduce import dct_geometry, dct_scale, required_size
+
+    w, h = img.size
+    s = dct_scale(w, h, required_size(w, h, spec))
+    if s == 1:
+        return None
+    try:
+        if img.getexif().get(0x0112, 1) not in (1, None):
+            return None
+    except Exception:
+        return None
+    img.draft("L" if img.mode == "L" else img.mode, (-(-w // s), -(-h // s)))
+    s = round(w / img.size[0])
+    return dct_geometry(w, h, s) if s > 1 and img.size == (-(-w // s), -(-h // s)) else None
 
 
 def _has_tiff_magic(path: Path) -> bool:

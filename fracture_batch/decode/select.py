@@ -48,6 +48,13 @@ def resolve_decoder(kind: DecoderKind | str, *, device: str = "cpu", prefer_dali
         return kind
     if kind is DecoderKind.PYTHON:
         return kind
+    if kind is DecoderKind.NVIMGCODEC:
+        from fracture_batch.decode.gpu_dicom import has_nvimgcodec
+
+        usable, why = has_nvimgcodec()
+        if not usable:
+            raise RuntimeError(why)
+        return kind
     if ok and (device.startswith("cuda") or prefer_dali_on_cpu):
         return DecoderKind.DALI
     if not ok:

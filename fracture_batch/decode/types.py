@@ -57,6 +57,9 @@ class Decoded:
     height: int
     bit_depth: int
     meta: dict[str, Any] = field(default_factory=dict)
+    # Set when ``pixels`` is a reduced decode (``decode.reduce``): where they sit on the
+    # full width x height image. None: ``pixels`` is the full image.
+    geometry: Any = None
 
 
 def check_size(width: int, height: int, max_pixels: int, what: str = "image") -> None:
@@ -73,6 +76,17 @@ class DecoderKind(str, enum.Enum):
     AUTO = "auto"
     DALI = "dali"
     PYTHON = "python"
+    # DICOM decoded on the device by nvImageCodec + torch (decode.gpu_dicom); other formats
+    # by the Python decoders. Runs on CPU backends without a GPU (slower than python there).
+    NVIMGCODEC = "nvimgcodec"
+
+
+class ReduceOverride(str, enum.Enum):
+    """``score --decode-reduce``: follow the model spec's reduction rule, or decode every
+    pixel for this run (a check against the full decode; the spec is not changed)."""
+
+    SPEC = "spec"
+    OFF = "off"
 
 
 class IdentifierMode(str, enum.Enum):

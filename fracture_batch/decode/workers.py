@@ -39,6 +39,7 @@ class DecodeResult:
     tensor: np.ndarray | None  # (3, S, S) float32, None on error
     error: str | None = None
     info: dict[str, Any] = field(default_factory=dict)  # row columns: format, width, ..., dicom_*
+    decode_path: str = ""  # how it was decoded, counted in _SUCCESS (device, cpu:<why>, ...)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class DecodeOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     identifiers: IdentifierMode = IdentifierMode.HASH  # how DICOM UIDs reach the output
     uid_salt: str = ""
+    decode_reduce: str = "spec"  # ReduceOverride: the spec's reduction rule, or "off"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "identifiers", IdentifierMode(self.identifiers))
@@ -58,7 +60,8 @@ def decode_one(file: InputFile, spec: ModelSpec, opts: DecodeOptions) -> DecodeR
     t0 = time.perf_counter()
     try:
         tensor, decoded = decode_for_model(file.path, spec, max_pixels=opts.max_pixels,
-                                           identifiers=IdentifierMode(opts.identifiers), uid_salt=opts.uid_salt)
+                                           identifiers=IdentifierMode(opts.identifiers), uid_salt=opts.uid_salt,
+                                           reduce=False if opts.decode_reduce == "off" else None)
     except DecodeError as exc:
         return DecodeResult(file, None, str(exc), {"decode_ms": _ms(t0)})
     except MemoryError:
@@ -258,6 +261,51 @@ class DaliDecoder:
                 # On a GPU the slice stays a torch CUDA tensor: no host round trip.
                 tensor = None if err else batch.tensors[j]
                 results[i] = DecodeResult(files[i], tensor, err, extra)
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self._pre = None
+
+
+class NvImageCodecDecoder:
+    """DICOM files in batches through ``gpu_dicom.DeviceDicomPreprocessor`` (nvImageCodec
+    decode + torch on ``device``; tensors stay on the device), everything else through
+    ``decode_one``. Each result says its ``decode_path``; the scorer counts them."""
+
+    def __init__(self, spec: ModelSpec, opts: DecodeOptions, *, batch_size: int, device: str):
+        from fracture_batch.decode.gpu_dicom import DeviceDicomPreprocessor
+
+        self.batch_size, self.spec, self.opts = batch_size, spec, opts
+        self._pre = DeviceDicomPreprocessor(spec, device=device, max_pixels=opts.max_pixels,
+                                            identifiers=IdentifierMode(opts.identifiers), uid_salt=opts.uid_salt)
+
+    def decode(self, files: list[InputFile]) -> list[DecodeResult]:
+        from fracture_batch.decode import is_dicom
+        from fracture_batch.decode.types import DICOM_SUFFIXES
+
+        results: list[DecodeResult | None] = [None] * len(files)
+        dicom = [i for i, f in enumerate(files)
+                 if not f.error and (is_dicom(f.path) or Path(f.path).suffix.lower() in DICOM_SUFFIXES)]
+        for i, f in enumerate(files):
+            if i not in dicom:
+                results[i] = decode_one(f, self.spec, self.opts)
+                results[i].decode_path = "python"
+        if dicom:
+            t0 = time.perf_counter()
+            try:
+                batch = self._pre.run([files[i].path for i in dicom])
+            except Exception as exc:  # the device failed as a whole: every file on the CPU
+                log.warning("device DICOM batch failed (%s: %s); decoding on the CPU", exc.__class__.__name__, exc)
+                for i in dicom:
+                    results[i] = decode_one(files[i], self.spec, self.opts)
+                    results[i].decode_path = "cpu:device-batch-failed"
+                return results  # type: ignore[return-value]
+            per_file_ms = _ms(t0) / len(dicom)
+            for j, i in enumerate(dicom):
+                err, info = batch.errors[j], batch.infos[j]
+                extra = _info(info, per_file_ms) if info is not None else {"decode_ms": per_file_ms}
+                results[i] = DecodeResult(files[i], None if err else batch.tensors[j], err, extra,
+                                          decode_path=batch.paths[j] or "error")
         return results  # type: ignore[return-value]
 
     def close(self) -> None:

@@ -48,6 +48,7 @@ class ScoreConfig:
     max_pixels: int = 100_000_000
     identifiers: IdentifierMode = IdentifierMode.HASH  # how DICOM UIDs reach the rows
     uid_salt: str = ""
+    decode_reduce: str = "spec"  # decode.types.ReduceOverride
     amp: bool = False
     engine_cache_dir: str | None = None  # default: <out>/_engine_cache (nothing outside --out)
 
@@ -75,6 +76,7 @@ class ScoreSummary:
     device: str = ""
     decoder: str = ""
     threads: dict[str, int] = field(default_factory=dict)
+    decode_paths: dict[str, int] = field(default_factory=dict)  # device / cpu:<fallback reason> / ...
     skipped: list[dict[str, str]] = field(default_factory=list)
     dataset_rows: int = 0
     started_at: str = ""

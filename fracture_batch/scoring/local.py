@@ -53,7 +53,8 @@ def _score(session: Session, on_progress, on_start) -> ScoreSummary:
     predictor = Predictor(
         cfg.model, backend=cfg.backend, device=cfg.device,
         options=BackendOptions(intra_op_threads=threads.intra_op, amp=cfg.amp, engine_cache_dir=engine_cache),
-        decode_options=DecodeOptions(max_pixels=cfg.max_pixels, identifiers=cfg.identifiers, uid_salt=cfg.uid_salt),
+        decode_options=DecodeOptions(max_pixels=cfg.max_pixels, identifiers=cfg.identifiers, uid_salt=cfg.uid_salt,
+                                     decode_reduce=cfg.decode_reduce),
     )
     index = session.prepare(predictor.model_sha256)
     decoder_name, make_decoder = create_decoder_factory(cfg, predictor, threads)
@@ -87,6 +88,7 @@ def _score(session: Session, on_progress, on_start) -> ScoreSummary:
         ) from exc
     finally:
         predictor.close()
+    summary.decode_paths = dict(stages.decode_paths)
     counts = Counts(already_done=stages.already_done_count, scored=stages.rows_committed,
                     ok=stages.ok_committed, parts_written=len(writer.parts), seconds=time.perf_counter() - t0)
     return session.finish(summary, counts, stats, spec=predictor.spec, model=str(predictor.model_path),

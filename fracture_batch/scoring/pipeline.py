@@ -9,6 +9,7 @@ and the failure is raised in the caller's thread.
 from __future__ import annotations
 
 import json
+from collections import Counter
 import logging
 import queue
 import threading
@@ -40,6 +41,12 @@ def create_decoder_factory(cfg, predictor, threads: Threads) -> tuple[str, Calla
 
         device = predictor.resolution.device.value
         return f"dali ({device})", lambda: DaliDecoder(spec, opts, batch_size=cfg.batch_size, device=device)
+    if kind is DecoderKind.NVIMGCODEC:
+        from fracture_batch.decode.workers import NvImageCodecDecoder
+
+        device = predictor.resolution.device.value
+        return f"nvimgcodec DICOM ({device})", lambda: NvImageCodecDecoder(spec, opts, batch_size=cfg.batch_size,
+                                                                           device=device)
     if DecodeIsolation(cfg.decode_isolation) is DecodeIsolation.PROCESS:
         return "python (process-isolated)", lambda: ProcessDecoder(spec, opts, cfg.decode_timeout)
     return "python (threads)", lambda: PythonDecoder(spec, opts)
@@ -65,6 +72,10 @@ class Stages:
         self.predict, self.write = predict, write
         self.part_rows, self.part_seconds = max(1, part_rows), part_seconds
         self.on_progress = on_progress or (lambda done, total: None)
+        # How files were decoded (device / cpu:<why> / ...), for _SUCCESS; decoders that
+        # do not say (the Python and DALI families) leave it empty.
+        self.decode_paths: Counter = Counter()
+        self._paths_lock = threading.Lock()
         depth = 2 * self.batch_size  # bounded: at most ~4 batches of tensors in flight
         self.files_q: queue.Queue = queue.Queue(maxsize=depth)
         self.decoded_q: queue.Queue = queue.Queue(maxsize=depth)
@@ -152,6 +163,9 @@ class Stages:
                         break
                     batch.append(nxt)
                 for r in decoder.decode(batch):
+                    if getattr(r, "decode_path", ""):
+                        with self._paths_lock:
+                            self.decode_paths[r.decode_path] += 1
                     self._put(self.decoded_q, r)
                 if done:
                     break

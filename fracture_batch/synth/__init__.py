@@ -17,9 +17,13 @@ from fracture_batch.synth.generate import (
     resolve_split_counts,
     size_range_for,
 )
+from fracture_batch.synth.dicom_archive import (
+    ArchiveFile, DicomSyntax, available_syntaxes, generate_dicom_archive, syntax_available,
+)
 from fracture_batch.synth.writers import DEFAULT_FORMATS, ImageFormat, has_j2k_encoder
 
 __all__ = [
+    "ArchiveFile", "DicomSyntax", "available_syntaxes", "generate_dicom_archive", "syntax_available",
     "CONTACT_SHEET_NAME", "DEFAULT_FORMATS", "MANIFEST_NAME", "ImageFormat", "SynthConfig", "SynthRecord",
     "count_table", "generate_archive", "generate_corpus", "generate_dataset", "has_j2k_encoder",
     "read_manifest", "resolve_split_counts", "size_range_for", "write_contact_sheet",

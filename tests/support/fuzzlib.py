@@ -215,7 +215,35 @@ def _check_python(spec, workdir: str, data: bytes, suffix: str) -> tuple[str, st
         t = to_model_input(px, spec)
         if t.shape != (3, spec.input_size, spec.input_size) or not np.isfinite(t).all():
             problems.append(f"model input {t.shape} finite={np.isfinite(t).all()}")
+    if not problems:
+        problems += _check_reduced(f.path, d)
     return ("bug", "; ".join(problems)) if problems else ("ok", f"{d.format} {d.width}x{d.height}")
+
+
+# An 8 px input with ratio 1 engages every reduced path on the small seeds (32 x 32 JPEG
+# 2000 / HTJ2K: 2 levels dropped; JPEG: DCT 1/4; others: box means).
+REDUCE_SPEC_KW = dict(arch="resnet18", input_size=8, reduce_min_ratio=1.0)
+
+
+def _check_reduced(path: str, full) -> list[str]:
+    """A file that decodes in full must also decode for the model by the reduction rule
+    (its fast paths fall back to the full decode), to a finite tensor, same size reported."""
+    import numpy as np
+
+    from fracture_batch.decode import DecodeError, decode_for_model
+    from fracture_batch.model.spec import ModelSpec
+
+    spec = ModelSpec(**REDUCE_SPEC_KW)
+    try:
+        t, d = decode_for_model(path, spec)
+    except DecodeError as exc:
+        return [f"full decode ok but reduced decode refused: {exc}"]
+    problems = []
+    if t.shape != (3, 8, 8) or not np.isfinite(t).all():
+        problems.append(f"reduced model input {t.shape} finite={np.isfinite(t).all()}")
+    if (d.width, d.height) != (full.width, full.height):
+        problems.append(f"reduced decode reports {d.width}x{d.height}, full {full.width}x{full.height}")
+    return problems
 
 
 def _check_dali(dali, workdir: str, data: bytes, suffix: str) -> tuple[str, str]:

@@ -278,10 +278,51 @@ def seeds() -> dict[str, bytes]:
             out[name] = dicom_bytes(arr, hostile_values=False, compress=uid)
         except Exception:  # encoder plugin unavailable: the other seeds still run
             pass
+    for name, make in (("htj2k.dcm", _htj2k_dicom), ("jpegbase.dcm", _jpeg_baseline_dicom)):
+        data = make()
+        if data:
+            out[name] = data  # reduced-resolution paths (issue 13): OpenJPH skipres, DCT scaling
     lossless = _gdcm_jpeg_lossless(out["plain.dcm"])
     if lossless:
         out["lossless.dcm"] = lossless  # decoded only by python-gdcm
     return out
+
+
+def _encapsulated_dicom(arr: np.ndarray, stream: bytes, ts: str, bits: int) -> bytes:
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(arr, hostile_values=False)))
+    ds.PixelData = encapsulate([stream])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = ts
+    if bits == 8:
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit = 7
+        ds.WindowCenter, ds.WindowWidth = 128, 256
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _htj2k_dicom() -> bytes | None:
+    try:
+        import imagecodecs
+        from pydicom.uid import HTJ2KLossless
+    except ImportError:
+        return None
+    arr = _ramp16(32, 32)
+    return _encapsulated_dicom(arr, bytes(imagecodecs.htj2k_encode(arr, reversible=True)), HTJ2KLossless, 12)
+
+
+def _jpeg_baseline_dicom() -> bytes:
+    from PIL import Image
+    from pydicom.uid import JPEGBaseline8Bit
+
+    arr = (_ramp16(32, 32) >> 4).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+    return _encapsulated_dicom(arr, buf.getvalue(), JPEGBaseline8Bit, 8)
 
 
 def _gdcm_jpeg_lossless(dicom: bytes) -> bytes | None:
@@ -400,7 +441,22 @@ def dicom_fields(data: bytes) -> list[tuple[int, int, str, str]]:
         if n == 0xFFFFFFFF:
             break  # undefined length (encapsulated pixel data, sequences): stop here
         pos = value_off + n
-    return fields
+    return fields + j2k_fields(data)
+
+
+def j2k_fields(data: bytes) -> list[tuple[int, int, str, str]]:
+    """A JPEG 2000 stream's SIZ sizes / precision and COD decomposition levels (what the
+    reduced-resolution decode reads from the header), wherever the stream sits."""
+    at = data.find(b"\xff\x4f\xff\x51")
+    if at < 0:
+        return []
+    siz = at + 6  # after SOC, the SIZ marker and its length
+    fields = [(siz + 2, 4, ">", "j2k_xsiz"), (siz + 6, 4, ">", "j2k_ysiz"), (siz + 34, 2, ">", "j2k_csiz"),
+              (siz + 36, 1, ">", "j2k_ssiz")]
+    cod = data.find(b"\xff\x52", at)
+    if cod > 0:
+        fields.append((cod + 9, 1, ">", "j2k_cod_levels"))
+    return [f for f in fields if f[0] + f[1] <= len(data)]
 
 
 def fields_for(name: str, data: bytes) -> list[tuple[int, int, str, str]]:
