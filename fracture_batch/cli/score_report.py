@@ -1,4 +1,4 @@
-"""Terminal output of `score`: a tqdm progress bar and the end-of-run summary table."""
+"""Output of `score`: progress (a bar on a terminal, lines in a log) and the summary table."""
 from __future__ import annotations
 
 
@@ -9,7 +9,8 @@ def start_line(s) -> str:
 
 
 class ProgressBar:
-    """tqdm over rows committed, created on first use; the total appears once discovery ends."""
+    """Rows committed, created on first use (``progress.create_progress``: tqdm on a
+    terminal, a line per 5 % elsewhere); the total appears once discovery ends."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
@@ -19,9 +20,9 @@ class ProgressBar:
         if not self.enabled:
             return
         if self._bar is None:
-            from tqdm import tqdm
+            from fracture_batch.progress import create_progress
 
-            self._bar = tqdm(total=None, unit="img", desc="scoring", dynamic_ncols=True)
+            self._bar = create_progress(None, "scoring", "img", leave=True)
         if total is not None and self._bar.total != total:
             self._bar.total = total
             self._bar.refresh()
