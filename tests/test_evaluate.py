@@ -62,7 +62,8 @@ def test_labels_from_folders_and_csv(tmp_path):
     table = CsvLabels(mura, spec)
     assert table.lookup("/data/valid/XR_WRIST/patient11185/study1") == 1  # trailing components match
     assert table.lookup("/data/valid/XR_WRIST/patient11186/study1") == 0
-    assert table.lookup("/data/other/patient11186/study1") is None
+    assert table.lookup("/data/other/patient99999/study1") is None
+    assert table.lookup("/data/study1") is None  # one shared component is not a match
     header = tmp_path / "labels.csv"
     header.write_text("relpath,label\na/x.png,fractured\na/y.png,normal\n")
     t2 = CsvLabels(header, spec)

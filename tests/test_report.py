@@ -56,6 +56,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(run):
+    pytest.importorskip("captum", reason="captum not installed (pip install '.[report]', which make installs)")
     tmp, ckpt = run
     return build_report(ReportConfig(out=str(tmp / "out"), checkpoint=str(ckpt), top=10))
 

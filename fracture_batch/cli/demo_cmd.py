@@ -123,7 +123,12 @@ def _studies_stage(ctx: click.Context, workdir: Path, checkpoint: Path, model: P
     ctx.invoke(score, inputs=(str(data / "valid"),), model=str(model), out=str(scores), overwrite=True)
     click.echo("")
     ctx.invoke(evaluate, out_dir=scores)
-    ctx.invoke(report, out_dir=scores, checkpoint=checkpoint, top=DEMO_REPORT_TOP)
+    from fracture_batch.report.thumbs import has_captum
+
+    ok, hint = has_captum()
+    if not ok:
+        click.echo(f"no class-activation overlays: {hint}")
+    ctx.invoke(report, out_dir=scores, checkpoint=checkpoint if ok else None, top=DEMO_REPORT_TOP)
 
 
 def _recap(workdir: Path, run: Path, exp: Path, scores: Path, timings: dict[str, float]) -> None:

@@ -122,7 +122,9 @@ def score(inputs, model, out, backend, device, decoder, batch_size, decode_worke
     finally:
         bar.close()
         signal.signal(signal.SIGTERM, previous)
-    click.echo(format_summary(summary))
+    from fracture_batch.scoring.sink import read_success
+
+    click.echo(format_summary(summary, (read_success(summary.out) or {}).get("studies")))
 
 
 def _sigterm_as_interrupt():

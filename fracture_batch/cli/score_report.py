@@ -35,7 +35,7 @@ class ProgressBar:
             self._bar = None
 
 
-def format_summary(s) -> str:
+def format_summary(s, studies: dict | None = None) -> str:
     rows = [
         ("files found", f"{s.files_seen:,}"),
         ("already done (resumed)", f"{s.already_done:,}"),
@@ -51,6 +51,10 @@ def format_summary(s) -> str:
         ("decoder", f"{s.decoder}, {s.threads.get('decode_workers')} worker(s)"),
         ("output", s.out),
     ]
+    if studies:  # from _SUCCESS: the study table rebuilt at the end of the run
+        rules = studies.get("rules", {})
+        rows.append(("studies", f"{studies.get('n', 0):,} in {studies.get('path')}/ (by {rules.get('study_key')}, "
+                                f"{rules.get('aggregate')} of the views)"))
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     for item in s.skipped[:10]:

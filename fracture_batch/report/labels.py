@@ -55,8 +55,18 @@ def _norm(p: str) -> str:
     return p.strip().replace("\\", "/").strip("/")
 
 
+_AMBIGUOUS = -1
+
+
 class CsvLabels:
-    """Keys of a label CSV matched by trailing path components (longest key wins)."""
+    """Keys of a label CSV matched to paths by trailing path components.
+
+    A path matches a key when the key is a trailing part of the path ("XR_WRIST/p1/study1"
+    matches "/data/valid/XR_WRIST/p1/study1"), or when the path's tail equals the key's
+    last two or more components (MURA's "MURA-v1.1/valid/..." keys match a copy unpacked
+    under another name). Longest match wins; a tail two keys share with different labels
+    matches neither.
+    """
 
     def __init__(self, path: str | Path, spec: "ModelSpec"):
         self.path = Path(path)
@@ -81,13 +91,22 @@ class CsvLabels:
                 self.labels[_norm(r[key_col])] = parse_label(r[label_col], spec)
             except LabelError as exc:
                 raise LabelError(f"{self.path}, line {i}: {exc}") from None
+        self.tails: dict[str, int] = {}
+        for key, label in self.labels.items():
+            parts = key.split("/")
+            for n in range(2, len(parts)):
+                tail = "/".join(parts[-n:])
+                self.tails[tail] = label if self.tails.get(tail, label) == label else _AMBIGUOUS
         self.longest = max((k.count("/") + 1 for k in self.labels), default=1)
 
     def lookup(self, path: str) -> int | None:
         parts = _norm(path).split("/")
         for n in range(min(len(parts), self.longest), 0, -1):  # longest trailing match first
-            hit = self.labels.get("/".join(parts[-n:]))
-            if hit is not None:
+            tail = "/".join(parts[-n:])
+            hit = self.labels.get(tail)
+            if hit is None:
+                hit = self.tails.get(tail)
+            if hit is not None and hit != _AMBIGUOUS:
                 return hit
         return None
 
