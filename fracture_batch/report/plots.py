@@ -42,36 +42,33 @@ def _save(fig, target: Path | None) -> bytes:
     return data
 
 
-def plot_roc(levels: dict[str, dict[str, Any]], target: Path | None = None) -> bytes:
-    """ROC curves (image and study level), AUC in the legend, the operating point marked."""
+def _curves(levels: dict[str, dict[str, Any]], target: Path | None, *, x: str, y: str, point, label,
+            **axes) -> bytes:
+    """One curve per level (image, study), each with its operating point (``point(m)``)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     for level, m in levels.items():
         c = m.get("curves") or {}
         if not c:
             continue
-        ax.plot(c["fpr"], c["tpr"], color=_COLOURS.get(level), label=f"{level} AUC {m['roc_auc']:.3f} (n={m['n']})")
-        ax.plot(1 - m["specificity"], m["sensitivity"], "o", color=_COLOURS.get(level))
-    ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01),
-           title="ROC (dot: the spec's threshold)")
-    ax.legend(loc="lower right", fontsize=8)
+        ax.plot(c[x], c[y], color=_COLOURS.get(level), label=label(level, m))
+        ax.plot(*point(m), "o", color=_COLOURS.get(level))
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), **axes)
+    ax.legend(fontsize=8)
     return _save(fig, target)
+
+
+def plot_roc(levels: dict[str, dict[str, Any]], target: Path | None = None) -> bytes:
+    """ROC curves (image and study level), AUC in the legend, the operating point marked."""
+    return _curves(levels, target, x="fpr", y="tpr", point=lambda m: (1 - m["specificity"], m["sensitivity"]),
+                   label=lambda lv, m: f"{lv} AUC {m['roc_auc']:.3f} (n={m['n']})",
+                   xlabel="1 - specificity", ylabel="sensitivity", title="ROC (dot: the spec's threshold)")
 
 
 def plot_pr(levels: dict[str, dict[str, Any]], target: Path | None = None) -> bytes:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.6, 4.2))
-    for level, m in levels.items():
-        c = m.get("curves") or {}
-        if not c:
-            continue
-        ax.plot(c["recall"], c["precision"], color=_COLOURS.get(level), label=f"{level} (n={m['n']})")
-        ax.plot(m["sensitivity"], m["precision"], "o", color=_COLOURS.get(level))
-    ax.set(xlabel="recall (sensitivity)", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01),
-           title="Precision-recall (dot: the threshold)")
-    ax.legend(loc="lower left", fontsize=8)
-    return _save(fig, target)
+    return _curves(levels, target, x="recall", y="precision", point=lambda m: (m["sensitivity"], m["precision"]),
+                   label=lambda lv, m: f"{lv} (n={m['n']})", xlabel="recall (sensitivity)", ylabel="precision",
+                   title="Precision-recall (dot: the threshold)")
 
 
 def plot_histogram(image_probs: np.ndarray, study_probs: np.ndarray, threshold: float,
