@@ -1,8 +1,8 @@
 """``fracture-batch demo``: the whole job on a CPU in one command (what ``make demo`` runs).
 
 synth -> train -> export -> score -> studies (score, evaluate, report) -> bench, each
-stage through the same command a user
-would type, with the embedded demo defaults, then one recap of the results.
+stage through the same command a user would type, with the embedded demo defaults, then
+one recap of the results.
 """
 from __future__ import annotations
 
