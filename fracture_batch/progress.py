@@ -36,9 +36,11 @@ class LineProgress:
     """tqdm's small interface (update, total, n, close, iteration) as plain lines."""
 
     def __init__(self, total: int | None = None, desc: str = "", unit: str = "it", *, step: float = 5.0,
-                 interval: float = 30.0, file: IO | None = None):
+                 interval: float = 30.0, min_interval: float = 1.0, file: IO | None = None):
         self.total, self.desc, self.unit = total, desc, unit
-        self.step, self.interval = step, interval
+        # min_interval: a step reached within a second of the last line is not printed
+        # (a 2-second stage is not 20 lines); the last line always is.
+        self.step, self.interval, self.min_interval = step, interval, min_interval
         self.file = file if file is not None else sys.stderr
         self.n = 0
         self._start = self._last_time = time.monotonic()
@@ -63,7 +65,8 @@ class LineProgress:
         if self.total:
             pct = 100.0 * self.n / self.total
             if pct >= self._next_pct and self.n < self.total:
-                self._line()
+                if time.monotonic() - self._last_time >= self.min_interval:
+                    self._line()
                 while self._next_pct <= pct:
                     self._next_pct += self.step
         elif time.monotonic() - self._last_time >= self.interval:

@@ -15,7 +15,7 @@ from support import modelgen
 
 def test_line_progress_writes_a_line_per_step_not_frames():
     out = io.StringIO()
-    bar = LineProgress(total=1000, desc="scoring", unit="img", step=5.0, file=out)
+    bar = LineProgress(total=1000, desc="scoring", unit="img", step=5.0, min_interval=0.0, file=out)
     for _ in range(1000):
         bar.update(1)
     bar.close()
@@ -27,7 +27,7 @@ def test_line_progress_writes_a_line_per_step_not_frames():
 
 def test_a_total_learned_late_still_gives_few_lines():
     out = io.StringIO()
-    bar = LineProgress(total=None, desc="x", file=out, interval=3600)
+    bar = LineProgress(total=None, desc="x", file=out, interval=3600, min_interval=0.0)
     for _ in range(300):
         bar.update(1)  # total unknown (discovery still running): time-based lines only
     bar.total = 400
@@ -35,6 +35,18 @@ def test_a_total_learned_late_still_gives_few_lines():
         bar.update(1)
     bar.close()
     assert len(out.getvalue().splitlines()) <= 6  # 80 %, 85 %, 90 %, 95 %, the final line
+
+
+def test_a_fast_stage_prints_only_its_last_line(monkeypatch):
+    import fracture_batch.progress as progress
+
+    monkeypatch.setattr(progress.time, "monotonic", lambda: 100.0)  # every step within the same instant
+    out = io.StringIO()
+    bar = LineProgress(total=1000, desc="synth", file=out)
+    for _ in range(1000):
+        bar.update(1)
+    bar.close()
+    assert out.getvalue().splitlines() == ["synth: 100% 1000/1000 it [00:00, 0.0 it/s]"]
 
 
 def test_not_a_terminal_means_no_tqdm():
