@@ -178,7 +178,7 @@ def format_table(result: Evaluation) -> str:
     body = [[level, str(m["n"]), str(m["n_positive"]), _ci(m, "roc_auc"), _ci(m, "sensitivity"),
              _ci(m, "specificity"), _ci(m, "kappa")] for level, m in (("image", result.image), ("study", result.study))]
     widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head, *body]]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *body]]
     agg = result.study.get("aggregate", {})
     lines.append(f"threshold {result.threshold:.4f} (the model spec's); labels: {result.source}; studies by "
                  f"{agg.get('study_key', '?')}, probability = {agg.get('aggregate', '?')} of the views; "
