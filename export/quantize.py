@@ -22,6 +22,7 @@ import numpy as np
 
 from export.onnx_export import INPUT_NAME
 from fracture_batch.model.spec import ModelSpec
+from fracture_batch.progress import quiet_output
 
 log = logging.getLogger(__name__)
 
@@ -142,20 +143,16 @@ def quantize_int8(
     settings = _quant_settings(flavour)
     settings["extra_options"] = {**settings["extra_options"], "CalibPercentile": CALIB_PERCENTILE,
                                  "TensorQuantOverrides": overrides}
-    quantize_static(
-        str(source_path),
-        str(out_path),
-        reader,
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        # Percentile rather than MinMax: a few outlier activations stretch MinMax scales,
-        # which the symmetric TensorRT flavour (half its range unused after ReLU) cannot
-        # afford. On an earlier demo model (428 test images) MinMax gave the TensorRT
-        # flavour 97.9 % agreement and |dAUC| 0.0087 (bar missed), percentile 99.99 %
-        # 99.5 % and 0.0011.
-        calibrate_method=CalibrationMethod.Percentile,
-        **settings,
-    )
+    # onnxruntime's calibrator print()s its progress and histogram settings to stdout:
+    # into the debug log (fracture-batch -v), out of the user's output.
+    # Percentile rather than MinMax: a few outlier activations stretch MinMax scales,
+    # which the symmetric TensorRT flavour (half its range unused after ReLU) cannot
+    # afford. On an earlier demo model (428 test images) MinMax gave the TensorRT
+    # flavour 97.9 % agreement and |dAUC| 0.0087 (bar missed), percentile 99.99 %
+    # 99.5 % and 0.0011.
+    with quiet_output("onnxruntime calibration"):
+        quantize_static(str(source_path), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        calibrate_method=CalibrationMethod.Percentile, **settings)
     log.info("wrote %s (%s flavour, %d calibration images; full range for %s)", out_path, flavour.value,
              len(calib_inputs), ", ".join(overrides))
     return Path(out_path)

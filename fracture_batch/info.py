@@ -140,7 +140,8 @@ def _pydicom_component() -> Component:
 
 def other_components() -> list[Component]:
     comps = []
-    for dist, what in (("pyarrow", "Parquet sink"), ("numpy", ""), ("ray", "scale-out (optional: pip install 'fracture-batch[ray]')")):
+    for dist, what in (("pyarrow", "Parquet sink"), ("numpy", ""), ("ray", "scale-out (optional: pip install 'fracture-batch[ray]')"),
+                       ("captum", "report --checkpoint overlays (optional: pip install 'fracture-batch[report]')")):
         v = _version(dist)
         comps.append(Component(dist, bool(v), v, what if v else f"not installed; {what or 'pip install ' + dist}"))
     return comps

@@ -14,7 +14,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from fracture_batch.scoring import sink
+from fracture_batch.scoring import sink, studies
 from fracture_batch.backends import BackendError
 from fracture_batch.scoring.rows import COLUMNS, RowContext, error_row, ok_row, rows_to_table, schema
 from fracture_batch.scoring.config import ScoreAborted, ScoreConfig
@@ -112,6 +112,16 @@ def test_ray_and_local_engines_write_the_same_rows(ray_local, models, tmp_path):
     done = sink.read_success(tmp_path / "ray")
     assert done["engine"] == "ray" and done["ok"] == 9 and done["errors"] == 5
     assert done["ray"]["workers_resolved"] == 1 and "ray" in done["versions"]
+    # The study table is rebuilt from the committed rows by the shared session: the same
+    # studies, counts and decisions (probabilities within the batch-size tolerance above).
+    local_studies, ray_studies = (studies.read_studies(tmp_path / d).to_pylist() for d in ("local", "ray"))
+    assert [r["study_key"] for r in ray_studies] == [r["study_key"] for r in local_studies] and ray_studies
+    for ra, rb in zip(local_studies, ray_studies):
+        for c, v in ra.items():
+            if c.startswith("prob") and v is not None:
+                assert rb[c] == pytest.approx(v, abs=PROB_TOL), (ra["study_key"], c)
+            else:
+                assert rb[c] == v, (ra["study_key"], c)
 
 
 @needs_ray

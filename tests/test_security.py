@@ -31,7 +31,7 @@ from click.testing import CliRunner
 from support import hostile_inputs as hi
 from support import modelgen
 from fracture_batch.scoring import local as runner
-from fracture_batch.scoring import session, sink
+from fracture_batch.scoring import session, sink, studies
 from fracture_batch.cli import main
 from fracture_batch.decode.select import has_dali
 from fracture_batch.model.checkpoint import CheckpointError, load_checkpoint
@@ -348,7 +348,7 @@ def _all_output_text(out: Path) -> tuple[bytes, str]:
     every Parquet part (values are compressed on disk, so raw bytes alone would miss them)."""
     raw = b"".join(p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file())
     text = []
-    for part in sink.committed_parts(out):
+    for part in [*sink.committed_parts(out), *out.glob(f"{studies.STUDIES_DIR}/*.parquet")]:
         table = pq.read_table(part)
         text.append(json.dumps(table.to_pylist(), default=str))
         text.append(json.dumps({k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}))
@@ -378,7 +378,8 @@ def test_no_phi_in_any_output_and_nothing_written_outside_out(models, tmp_path, 
     assert all(after[p] == before[p] for p in before), "an input or a file beside --out was modified"
     assert not any(cwd.iterdir())
     assert not list(tmp_path.parent.glob("*escaped*")) and not list(tmp_path.rglob("*escaped*"))
-    assert {p.name for p in out.iterdir()} <= {sink.LOCK_NAME, sink.SUCCESS_NAME} | {p.name for p in sink.committed_parts(out)}
+    assert {p.name for p in out.iterdir()} <= ({sink.LOCK_NAME, sink.SUCCESS_NAME, studies.STUDIES_DIR}
+                                               | {p.name for p in sink.committed_parts(out)})
 
     raw, text = _all_output_text(out)
     for secret in PHI + RAW_UIDS:

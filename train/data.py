@@ -206,13 +206,13 @@ class _CacheItems:
 def fill_cache(ds: XrayDataset, num_workers: int, progress: bool = False) -> list[str]:
     """Decode every file once (in worker processes) into ``ds.cache``; -> unreadable list."""
     import torch
-    from tqdm import tqdm
+    from fracture_batch.progress import track
 
     loader = torch.utils.data.DataLoader(
         _CacheItems(ds), batch_size=None, num_workers=num_workers, collate_fn=_as_is,
         multiprocessing_context=_mp_context(num_workers),
     )
-    cache = list(tqdm(loader, total=len(ds), desc="decode+cache", disable=not progress, leave=False))
+    cache = list(track(loader, len(ds), "decode+cache", "img", enabled=progress))
     ds.cache = cache
     return [c for c in ds.cache if isinstance(c, str)]
 

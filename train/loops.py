@@ -145,9 +145,12 @@ def train_one_epoch(model, loader: Iterable, criterion, optimizer, prec: MixedPr
                     desc: str = "train", progress: bool = True) -> dict[str, float]:
     from tqdm import tqdm
 
+    from fracture_batch.progress import is_terminal
+
     train_mode(model, freeze_bn_stats)
     total_loss, correct, seen = 0.0, 0, 0
-    bar = tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch")
+    # Batch bars on a terminal only: in a log file the epoch lines are the progress.
+    bar = tqdm(loader, desc=desc, disable=not (progress and is_terminal()), leave=False, unit="batch")
     for batch in bar:
         if batch["bad"]:
             on_bad(batch["bad"])
@@ -180,10 +183,12 @@ def evaluate(model, loader: Iterable, criterion, prec: MixedPrecision, *,
     import torch
     from tqdm import tqdm
 
+    from fracture_batch.progress import is_terminal
+
     model.eval()
     logits_all, labels_all, index_all = [], [], []
     with torch.inference_mode():
-        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
+        for batch in tqdm(loader, desc=desc, disable=not (progress and is_terminal()), leave=False, unit="batch"):
             if batch["bad"]:
                 on_bad(batch["bad"])
             if batch["x"] is None:

@@ -22,6 +22,8 @@ COMMANDS = {
     "bench": "fracture_batch.cli.bench_cmd:bench",
     "info": "fracture_batch.cli.info_cmd:info",
     "demo": "fracture_batch.cli.demo_cmd:demo",
+    "evaluate": "fracture_batch.cli.evaluate_cmd:evaluate",
+    "report": "fracture_batch.cli.report_cmd:report",
 }
 
 
@@ -39,8 +41,19 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fracture-batch")
-@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.option("-v", "--verbose", count=True,
+              help="Debug log output, including what third-party libraries print (kept out otherwise).")
 def main(verbose: int) -> None:
-    """Fracture classification for X-ray archives: synth, train, export, score, bench."""
-    level = logging.WARNING - 10 * min(verbose, 2) if verbose else logging.INFO
+    """Fracture classification for X-ray archives: synth, train, export, score, evaluate, report, bench."""
+    level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # other libraries' info lines (onnxruntime, pydicom, ...) are chatter to a user
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_ours_or_warning)
+
+
+_OURS = ("fracture_batch", "train", "export")
+
+
+def _ours_or_warning(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or record.name.split(".")[0] in _OURS

@@ -1,7 +1,8 @@
 """``fracture-batch demo``: the whole job on a CPU in one command (what ``make demo`` runs).
 
-synth -> train -> export -> score -> bench, each stage through the same command a user
-would type, with the embedded demo defaults, then one recap of the results.
+synth -> train -> export -> score -> studies (score, evaluate, report) -> bench, each
+stage through the same command a user would type, with the embedded demo defaults, then
+one recap of the results.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def _stage(title: str) -> float:
 @click.pass_context
 def demo(ctx: click.Context, workdir: Path, n_images: int | None, seed: int, pretrained: str,
          with_bench: bool) -> None:
-    """Run synth -> train -> export -> score -> bench on the demo defaults and print the results.
+    """Run synth -> train -> export -> score -> studies -> bench on the demo defaults and print the results.
 
     Takes about 10-15 minutes on a 2-core CPU. No pretrained weights are reachable offline, so
     training starts from random initialisation unless --pretrained (or the torch hub cache)
@@ -56,19 +57,19 @@ def demo(ctx: click.Context, workdir: Path, n_images: int | None, seed: int, pre
     data, run, exp, scores = (workdir / d for d in ("data", "run", "export", "scores"))
     timings: dict[str, float] = {}
 
-    t = _stage("1/5 synth: radiograph-like images, ImageFolder layout")
+    t = _stage("1/6 synth: radiograph-like images, ImageFolder layout")
     if (data / "train").is_dir():
         click.echo(f"reusing the data set in {data}")
     else:
         ctx.invoke(synth, out_dir=data, n=n_images or DEMO_N_IMAGES, seed=seed)
     timings["synth"] = time.perf_counter() - t
 
-    t = _stage("2/5 train: ResNet50, frozen head then unfrozen fine-tuning")
+    t = _stage("2/6 train: ResNet50, frozen head then unfrozen fine-tuning")
     result = fit(demo_train_config(data, run, seed=seed, pretrained=pretrained))
     _echo_summary(result)
     timings["train"] = time.perf_counter() - t
 
-    t = _stage("3/5 export: ONNX fp32, fp16, int8 with parity against torch")
+    t = _stage("3/6 export: ONNX fp32, fp16, int8 with parity against torch")
     scored_model = exp / "model.int8.onnx"
     try:
         ctx.invoke(export, checkpoint=Path(result.model_path), out_dir=exp, precisions="fp32,fp16,int8",
@@ -84,17 +85,50 @@ def demo(ctx: click.Context, workdir: Path, n_images: int | None, seed: int, pre
                     fg="yellow")
     timings["export"] = time.perf_counter() - t
 
-    t = _stage(f"4/5 score: the test split through {scored_model.name} into Parquet")
+    t = _stage(f"4/6 score: the test split through {scored_model.name} into Parquet")
     ctx.invoke(score, inputs=(str(data / "test"),), model=str(scored_model), out=str(scores),
                overwrite=True)
     timings["score"] = time.perf_counter() - t
 
+    t = _stage("5/6 studies: MURA-like studies scored, evaluated per image and per study, triage report")
+    _studies_stage(ctx, workdir, Path(result.model_path), scored_model, seed)
+    timings["studies"] = time.perf_counter() - t
+
     if with_bench:
-        t = _stage("5/5 bench --quick: model only, decode, end to end vs the naive scorer")
+        t = _stage("6/6 bench --quick: model only, decode, end to end vs the naive scorer")
         ctx.invoke(bench, model=exp, quick=True, out=workdir / "bench", workdir=workdir / "bench_cache")
         timings["bench"] = time.perf_counter() - t
 
     _recap(workdir, run, exp, scores, timings)
+
+
+# Small on purpose: this stage must add well under a minute to the demo on 2 cores
+# (~70 images to score; Grad-CAM on the shown views dominates the report's time).
+DEMO_STUDIES = 24
+DEMO_REPORT_TOP = 8
+
+
+def _studies_stage(ctx: click.Context, workdir: Path, checkpoint: Path, model: Path, seed: int) -> None:
+    """synth --studies -> score -> evaluate -> report, each as the user would type it."""
+    from fracture_batch.cli.evaluate_cmd import evaluate
+    from fracture_batch.cli.report_cmd import report
+    from fracture_batch.cli.score_cmd import score
+    from fracture_batch.cli.synth_cmd import synth
+
+    data, scores = workdir / "studies", workdir / "study_scores"
+    if (data / "valid").is_dir():
+        click.echo(f"reusing the studies in {data}")
+    else:
+        ctx.invoke(synth, out_dir=data, n_studies=DEMO_STUDIES, seed=seed, formats=("png8", "dicom-mono2"))
+    ctx.invoke(score, inputs=(str(data / "valid"),), model=str(model), out=str(scores), overwrite=True)
+    click.echo("")
+    ctx.invoke(evaluate, out_dir=scores)
+    from fracture_batch.report.thumbs import has_captum
+
+    ok, hint = has_captum()
+    if not ok:
+        click.echo(f"no class-activation overlays: {hint}")
+    ctx.invoke(report, out_dir=scores, checkpoint=checkpoint if ok else None, top=DEMO_REPORT_TOP)
 
 
 def _recap(workdir: Path, run: Path, exp: Path, scores: Path, timings: dict[str, float]) -> None:
@@ -118,6 +152,14 @@ def _recap(workdir: Path, run: Path, exp: Path, scores: Path, timings: dict[str,
         click.echo("")
         click.echo(f"scored {s.get('files_seen')} files: {s.get('ok')} ok, {s.get('errors')} errors, "
                    f"{s.get('images_per_s', 0):.1f} images/s -> {scores}")
+    evaluation = workdir / "study_scores" / "_evaluation" / "evaluation.json"
+    if evaluation.is_file():
+        from fracture_batch.report.evaluate import Evaluation, format_table
+
+        click.echo("")
+        click.echo("synthetic MURA-like studies, image and study level:")
+        click.echo(format_table(Evaluation.from_dict(json.loads(evaluation.read_text()))))
+        click.echo(f"triage report: {workdir / 'study_scores' / '_report.html'}")
     click.echo("")
     click.echo("stage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items())
                + f"; total {sum(timings.values()) / 60:.1f} min")

@@ -10,6 +10,7 @@ from fracture_batch.backends.base import BackendKind, DeviceKind
 from fracture_batch.decode.types import DecoderKind, IdentifierMode, ReduceOverride
 from fracture_batch.scoring.config import DecodeIsolation
 from fracture_batch.scoring.config import Engine
+from fracture_batch.scoring.config import StudyAggregate, StudyKey
 
 
 def _choice(enum_cls) -> click.Choice:
@@ -64,7 +65,15 @@ def _choice(enum_cls) -> click.Choice:
 @click.option("--amp", is_flag=True, help="torch backend: autocast (bf16 on CPU, fp16 on CUDA).")
 @click.option("--engine-cache", type=click.Path(file_okay=False, path_type=str), default=None,
               help="onnxruntime TensorRT EP engine cache directory (default: OUT/_engine_cache).")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--study-key", type=_choice(StudyKey), default=StudyKey.AUTO.value,
+              help="How images form the study table OUT/_studies: auto (DICOM StudyInstanceUID, as --dicom-ids "
+                   "writes it, else the study folder), folder (the nearest MURA-style studyN*/ folder, else the "
+                   "parent folder, even for DICOM), parent (each file's parent folder). Recorded in its metadata.")
+@click.option("--study-aggregate", type=_choice(StudyAggregate), default=StudyAggregate.MEAN.value,
+              help="A study's probability from its images': mean (MURA's rule) or max; decided at the model's "
+                   "threshold. Rebuilt from every committed row at the end of each run.")
+@click.option("--progress/--no-progress", default=True,
+              help="Progress on stderr: a bar on a terminal, a line per 5 % in a log file or pipe.")
 @click.option("--engine", type=_choice(Engine), default=Engine.LOCAL.value,
               help="local: this machine's overlapped runner. ray: Ray Data on a Ray cluster, same rows and "
                    "resume (pip install 'fracture-batch[ray]'; README 'Scoring on a Ray cluster').")
@@ -79,7 +88,7 @@ def _choice(enum_cls) -> click.Choice:
               help="--engine ray: CPUs each actor reserves (also its inference threads).")
 def score(inputs, model, out, backend, device, decoder, batch_size, decode_workers, intra_op_threads,
           decode_isolation, decode_timeout, part_rows, part_seconds, resume, overwrite, max_pixels, decode_reduce, dicom_ids,
-          uid_salt, amp, engine_cache, progress, engine, address, workers, gpus_per_worker, cpus_per_worker):
+          uid_salt, amp, engine_cache, study_key, study_aggregate, progress, engine, address, workers, gpus_per_worker, cpus_per_worker):
     """Score every file under INPUTS (directories or files, walked recursively) into --out.
 
     One Parquet row per input file: path, relpath, status (ok|error), error, prob_fractured,
@@ -99,8 +108,9 @@ def score(inputs, model, out, backend, device, decoder, batch_size, decode_worke
         decode_isolation=DecodeIsolation(decode_isolation), decode_timeout=decode_timeout, part_rows=part_rows,
         part_seconds=part_seconds, resume=resume, overwrite=overwrite, max_pixels=max_pixels,
         identifiers=dicom_ids, uid_salt=uid_salt, decode_reduce=decode_reduce, amp=amp, engine_cache_dir=engine_cache,
+        study_key=StudyKey(study_key), study_aggregate=StudyAggregate(study_aggregate),
     )
-    show = sys.stderr.isatty() if progress is None else progress
+    show = progress
     bar = ProgressBar(enabled=show)
     previous = _sigterm_as_interrupt()
     try:
@@ -108,7 +118,8 @@ def score(inputs, model, out, backend, device, decoder, batch_size, decode_worke
             from fracture_batch.scoring.ray.engine import RayConfig, run_ray
 
             ray_cfg = RayConfig(address=address, workers=workers, gpus_per_worker=gpus_per_worker,
-                                cpus_per_worker=cpus_per_worker, progress=show)
+                                cpus_per_worker=cpus_per_worker,
+                                progress=show and sys.stderr.isatty())  # Ray's bars are terminal-only
             summary = run_ray(cfg, ray_cfg, on_start=lambda s: click.echo(start_line(s), err=True))
         else:
             summary = run_score(cfg, on_progress=bar.update, on_start=lambda s: click.echo(start_line(s), err=True))
@@ -117,7 +128,9 @@ def score(inputs, model, out, backend, device, decoder, batch_size, decode_worke
     finally:
         bar.close()
         signal.signal(signal.SIGTERM, previous)
-    click.echo(format_summary(summary))
+    from fracture_batch.scoring.sink import read_success
+
+    click.echo(format_summary(summary, (read_success(summary.out) or {}).get("studies")))
 
 
 def _sigterm_as_interrupt():

@@ -1,4 +1,4 @@
-"""Terminal output of `score`: a tqdm progress bar and the end-of-run summary table."""
+"""Output of `score`: progress (a bar on a terminal, lines in a log) and the summary table."""
 from __future__ import annotations
 
 
@@ -9,7 +9,8 @@ def start_line(s) -> str:
 
 
 class ProgressBar:
-    """tqdm over rows committed, created on first use; the total appears once discovery ends."""
+    """Rows committed, created on first use (``progress.create_progress``: tqdm on a
+    terminal, a line per 5 % elsewhere); the total appears once discovery ends."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
@@ -19,9 +20,9 @@ class ProgressBar:
         if not self.enabled:
             return
         if self._bar is None:
-            from tqdm import tqdm
+            from fracture_batch.progress import create_progress
 
-            self._bar = tqdm(total=None, unit="img", desc="scoring", dynamic_ncols=True)
+            self._bar = create_progress(None, "scoring", "img", leave=True)
         if total is not None and self._bar.total != total:
             self._bar.total = total
             self._bar.refresh()
@@ -34,7 +35,7 @@ class ProgressBar:
             self._bar = None
 
 
-def format_summary(s) -> str:
+def format_summary(s, studies: dict | None = None) -> str:
     rows = [
         ("files found", f"{s.files_seen:,}"),
         ("already done (resumed)", f"{s.already_done:,}"),
@@ -50,6 +51,10 @@ def format_summary(s) -> str:
         ("decoder", f"{s.decoder}, {s.threads.get('decode_workers')} worker(s)"),
         ("output", s.out),
     ]
+    if studies:  # from _SUCCESS: the study table rebuilt at the end of the run
+        rules = studies.get("rules", {})
+        rows.append(("studies", f"{studies.get('n', 0):,} in {studies.get('path')}/ (by {rules.get('study_key')}, "
+                                f"{rules.get('aggregate')} of the views)"))
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     for item in s.skipped[:10]:

@@ -27,22 +27,29 @@ from fracture_batch.synth.writers import DEFAULT_FORMATS, ImageFormat
               help="Threads rendering and encoding images.")
 @click.option("--contact-sheet/--no-contact-sheet", default=True,
               help="Write OUT_DIR/contact_sheet.png: decoded samples with their labels.")
+@click.option("--studies", "n_studies", type=click.IntRange(0), default=0,
+              help="Study mode: instead of the ImageFolder splits, write this many MURA-like studies (2-4 views "
+                   "of one limb, one label per study) to OUT_DIR/valid/XR_<PART>/patientNNNNN/studyK_<label>/ "
+                   "with MURA's label file OUT_DIR/valid_labeled_studies.csv; --n is ignored.")
 def synth(out_dir: Path, n: int, size: int | None, seed: int, formats: tuple[str, ...] = (),
-          subtle_fraction: float = 0.1, workers: int = 1, contact_sheet: bool = True) -> None:
+          subtle_fraction: float = 0.1, workers: int = 1, contact_sheet: bool = True, n_studies: int = 0) -> None:
     """Write seeded radiograph-like limb images to OUT_DIR/{train,val,test}/{fractured,not_fractured}/.
 
     Long bones in soft tissue with film grain and exposure, rotation and scale changes;
     fractures are lucent lines through the cortex, from displaced to hairline. Only the
     pixels tell the class: sizes, formats, file names and order are class-independent.
     OUT_DIR also gets synth_manifest.csv (one row per file) and contact_sheet.png.
+    With --studies, MURA-like study folders instead (see the option).
     """
-    from tqdm import tqdm
-
+    from fracture_batch.progress import create_progress
     from fracture_batch.synth import (
         CONTACT_SHEET_NAME, MANIFEST_NAME, SynthConfig, count_table, generate_dataset, resolve_split_counts,
         size_range_for, write_contact_sheet,
     )
 
+    if n_studies:
+        _studies(out_dir, n_studies, size, seed, formats, subtle_fraction, workers)
+        return
     try:
         config = SynthConfig(
             n=n, seed=seed, size_range=size_range_for(size),
@@ -52,13 +59,26 @@ def synth(out_dir: Path, n: int, size: int | None, seed: int, formats: tuple[str
         total = sum(resolve_split_counts(n, config.split_ratios).values())
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    with tqdm(total=total, unit="img", desc="synth", leave=False) as bar:
+    with create_progress(total, "synth", "img") as bar:
         records = generate_dataset(out_dir, config, progress=bar.update)
     _echo_table(count_table(records))
     click.echo(f"{len(records)} images in {out_dir} (manifest: {MANIFEST_NAME})")
     if contact_sheet:
         sheet = write_contact_sheet(out_dir, records, out_dir / CONTACT_SHEET_NAME, seed=seed)
         click.echo(f"contact sheet: {sheet}")
+
+
+def _studies(out_dir: Path, n_studies: int, size, seed: int, formats, subtle_fraction: float, workers: int) -> None:
+    from fracture_batch.progress import create_progress
+    from fracture_batch.synth import generate_studies, labels_csv_name, size_range_for
+
+    fmts = tuple(ImageFormat(f) for f in formats) if formats else (ImageFormat.PNG8,)
+    with create_progress(None, "synth studies", "img") as bar:
+        records = generate_studies(out_dir, n_studies, seed=seed, size_range=size_range_for(size), formats=fmts,
+                                   subtle_fraction=subtle_fraction, workers=workers, progress=bar.update)
+    positive = len({r.relpath.rsplit("/", 1)[0] for r in records if r.label == "fractured"})
+    click.echo(f"{n_studies} studies ({positive} positive), {len(records)} images in {out_dir / 'valid'}; "
+               f"labels: {out_dir / labels_csv_name('valid')}")
 
 
 def _echo_table(rows: list[tuple[str, str, str, int]]) -> None:

@@ -28,6 +28,21 @@ class DecodeIsolation(str, enum.Enum):
     PROCESS = "process"
 
 
+class StudyKey(str, enum.Enum):
+    """How image rows are grouped into studies (``scoring.studies`` explains each rule)."""
+
+    AUTO = "auto"  # DICOM StudyInstanceUID when the row has one, else the study folder
+    FOLDER = "folder"  # the study folder (the nearest MURA-style studyN*/, else the parent), even for DICOM
+    PARENT = "parent"  # each file's parent folder, even for DICOM or inside a studyN*/ tree
+
+
+class StudyAggregate(str, enum.Enum):
+    """How a study's image probabilities become one: their mean (MURA's rule) or max."""
+
+    MEAN = "mean"
+    MAX = "max"
+
+
 @dataclass(frozen=True)
 class ScoreConfig:
     inputs: tuple[str, ...]
@@ -51,11 +66,14 @@ class ScoreConfig:
     decode_reduce: str = "spec"  # decode.types.ReduceOverride
     amp: bool = False
     engine_cache_dir: str | None = None  # default: <out>/_engine_cache (nothing outside --out)
+    study_key: StudyKey = StudyKey.AUTO  # the study table (OUT/_studies), rebuilt at the end of every run
+    study_aggregate: StudyAggregate = StudyAggregate.MEAN
 
     def __post_init__(self) -> None:
         # Callers (CLI, tests, Ray) may pass the modes as their strings: one type inside.
         for name, kind in (("backend", BackendKind), ("device", DeviceKind), ("decoder", DecoderKind),
-                           ("decode_isolation", DecodeIsolation), ("identifiers", IdentifierMode)):
+                           ("decode_isolation", DecodeIsolation), ("identifiers", IdentifierMode),
+                           ("study_key", StudyKey), ("study_aggregate", StudyAggregate)):
             object.__setattr__(self, name, kind(getattr(self, name)))
 
 

@@ -5,7 +5,8 @@
         summary = session.new_summary(...)      what was chosen, before any input is read
         files = session.discover(stats)         inputs, never the output directory itself
         ... the engine scores files ...
-        session.finish(summary, counts, ...)    counts filled in, _SUCCESS written last
+        session.finish(summary, counts, ...)    counts filled in, the study table rebuilt from
+                                                every committed row, _SUCCESS written last
 
 The local runner (``local``) and the Ray engine (``ray.engine``) differ only in the
 "scores files" step, so every guarantee around it is written once, here.
@@ -21,7 +22,7 @@ from typing import Any, Iterator
 
 from fracture_batch.machine import package_versions
 from fracture_batch.model.spec import ModelSpec
-from fracture_batch.scoring import sink
+from fracture_batch.scoring import sink, studies
 from fracture_batch.scoring.config import ScoreConfig, ScoreSummary
 from fracture_batch.scoring.discover import DiscoveryStats, InputFile, check_roots, is_within, iter_inputs, resolve_roots
 from fracture_batch.scoring.resume import ResumeIndex, prepare_dataset
@@ -50,6 +51,8 @@ class Session:
 
     def prepare(self, model_sha: str) -> ResumeIndex:
         self.index = prepare_dataset(self.cfg, self.out, model_sha)
+        # Like _SUCCESS, the study table is only there once a run has completed.
+        studies.remove_studies(self.out)
         return self.index
 
     def new_summary(self, *, backend: str, backend_detail: str, backend_reason: str, device: str, decoder: str,
@@ -66,10 +69,22 @@ class Session:
     def finish(self, summary: ScoreSummary, counts: Counts, stats: DiscoveryStats, *, spec: ModelSpec,
                model: str, model_sha256: str, extra: dict[str, Any] | None = None,
                versions: dict[str, str] | None = None) -> ScoreSummary:
-        """Fill the summary and write ``_SUCCESS`` (last: its presence means the run completed)."""
+        """Fill the summary, rebuild the study table from every committed row (so resumed
+        and Ray runs give the same table), then write ``_SUCCESS`` (last: its presence
+        means the run completed)."""
         record_counts(summary, counts, stats, dataset_rows=len(self.index or ()) + counts.scored)
+        rules = studies.StudyRules(self.cfg.study_key, self.cfg.study_aggregate)
+        try:
+            table = studies.build_studies(self.out, rules, spec)
+        except OSError as exc:  # e.g. disk full: the image rows are committed, only the summary tables are not
+            raise sink.SinkError(
+                f"all rows are committed, but the study table could not be written in {self.out}: "
+                f"{exc.strerror or exc}; free space and re-run the same command to write it"
+            ) from None
         payload = summary.to_dict() | {"spec": spec.to_dict(), "versions": package_versions() | (versions or {}),
-                                       "model": model, "model_sha256": model_sha256} | (extra or {})
+                                       "model": model, "model_sha256": model_sha256,
+                                       "studies": {"path": studies.STUDIES_DIR, "n": table.num_rows if table else 0,
+                                                   "rules": rules.to_dict()}} | (extra or {})
         try:
             sink.write_success(self.out, payload)
         except OSError as exc:  # e.g. the disk filled up just now: every row is committed already

@@ -66,6 +66,8 @@ class DicomInfo:
     body_part: str = "FOREARM"
     laterality: str = "L"  # matches the side marker when there is one
     view: str = "AP"
+    study_uid: str = ""  # views of one study share these (synth.studies); "" = new ones per file
+    series_uid: str = ""
 
 
 def write_image(
@@ -119,8 +121,8 @@ def _write_dicom(path: Path, gray01: np.ndarray, fmt: ImageFormat, rng: np.rando
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
-    ds.StudyInstanceUID = generate_uid(entropy_srcs=[token, "study"])
-    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[token, "series"])
+    ds.StudyInstanceUID = info.study_uid or generate_uid(entropy_srcs=[token, "study"])
+    ds.SeriesInstanceUID = info.series_uid or generate_uid(entropy_srcs=[token, "series"])
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = when.strftime("%Y%m%d")
     ds.StudyTime = ds.ContentTime = f"{seconds // 3600:02d}{seconds // 60 % 60:02d}{seconds % 60:02d}"
     ds.AccessionNumber = f"SYN{token[:10].upper()}"
