@@ -203,7 +203,7 @@ def test_jpeg_lossless_fast_decoder_gives_gdcms_values(archive, monkeypatch):
 
     f = next(f for f in archive if f.syntax is DicomSyntax.JPEG_LOSSLESS)
     ds = pydicom.dcmread(f.path)
-    fast = dicom_frames._jpeg_lossless(ds, ds.Rows, ds.Columns)
+    fast = dicom_frames._jpeg_lossless(ds, ds.Rows, ds.Columns)  # the SOF check is the caller's
     np.testing.assert_array_equal(fast, ds.pixel_array)  # pixel_array: python-gdcm here
 
 

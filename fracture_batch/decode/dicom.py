@@ -112,7 +112,8 @@ def decode_dicom(
     if need is not None:
         from fracture_batch.decode.dicom_frames import frame0_reduced
 
-        arr, geometry = frame0_reduced(ds, need, lambda: _frame0(ds, path, forced))
+        arr, geometry = frame0_reduced(ds, need, lambda: _frame0(ds, path, forced),
+                                       lambda: _check_jpeg_frame_header(ds))
     else:
         arr = _frame0(ds, path, forced)
     out = to_unit_gray(arr, ds)

@@ -50,16 +50,18 @@ def is_plain_gray(ds) -> bool:
             and str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() in ("MONOCHROME1", "MONOCHROME2"))
 
 
-def frame0_reduced(ds, need: tuple[float, float], full: Callable[[], np.ndarray]
-                   ) -> tuple[np.ndarray, SourceGeometry | None]:
+def frame0_reduced(ds, need: tuple[float, float], full: Callable[[], np.ndarray],
+                   check_jpeg: Callable[[], None] = lambda: None) -> tuple[np.ndarray, SourceGeometry | None]:
     """(frame 0 stored values, geometry or None), at the resolution the rule allows.
 
-    ``full()`` is the reference decode of frame 0 (the caller's ``_frame0``)."""
+    ``full()`` is the reference decode of frame 0 (the caller's ``_frame0``);
+    ``check_jpeg()`` refuses a JPEG frame whose SOF contradicts the header
+    (``dicom._check_jpeg_frame_header``, passed in so the two modules do not import each other)."""
     rows, cols = int(ds.Rows), int(ds.Columns)
     ts = transfer_syntax(ds)
     if is_plain_gray(ds):
         try:
-            fast = _codec_reduced(ds, ts, rows, cols, need)
+            fast = _codec_reduced(ds, ts, rows, cols, need, check_jpeg)
         except Exception as exc:  # the reference decode below decides what the file is
             log.debug("reduced decode failed (%s: %s); decoding in full", exc.__class__.__name__, exc)
             fast = None
@@ -71,7 +73,7 @@ def frame0_reduced(ds, need: tuple[float, float], full: Callable[[], np.ndarray]
     return arr, None  # colour / LUT tables: reduced after the LUTs by the caller
 
 
-def _codec_reduced(ds, ts: str, rows: int, cols: int, need) -> tuple[np.ndarray, SourceGeometry] | None:
+def _codec_reduced(ds, ts: str, rows: int, cols: int, need, check_jpeg) -> tuple[np.ndarray, SourceGeometry] | None:
     if ts in JPEG2000_SYNTAXES:
         frame = frame0_bytes(ds)
         header = reduce.parse_j2k_header(frame)
@@ -84,6 +86,7 @@ def _codec_reduced(ds, ts: str, rows: int, cols: int, need) -> tuple[np.ndarray,
         bits = int(ds.get("BitsStored") or header.precision)
         return reduce.decode_j2k_reduced(frame, header, r, bits), reduce.j2k_geometry(cols, rows, r)
     if ts in JPEG_LOSSLESS_SYNTAXES and not int(ds.get("PixelRepresentation") or 0):
+        check_jpeg()
         arr = _jpeg_lossless(ds, rows, cols)
         return None if arr is None else reduce.reduce_by_box(arr, need)
     if ts == JPEG_BASELINE and int(ds.get("BitsAllocated") or 8) == 8:
@@ -100,14 +103,11 @@ def _jpeg_lossless(ds, rows: int, cols: int) -> np.ndarray | None:
     """Stored values of a JPEG lossless (process 14) frame through imagecodecs' liblj92
     decoder: 110 vs 200-260 ms for python-gdcm on a 5 MP 12-bit frame (same values,
     tests/test_dicom_reduce.py). The SOF is checked against the header first, as for gdcm
-    (``dicom._check_jpeg_frame_header``); None when imagecodecs is missing."""
+    (``dicom._check_jpeg_frame_header``, by the caller); None when imagecodecs is missing."""
     try:
         import imagecodecs
     except ImportError:
         return None
-    from fracture_batch.decode.dicom import _check_jpeg_frame_header
-
-    _check_jpeg_frame_header(ds)
     arr = np.asarray(imagecodecs.ljpeg_decode(frame0_bytes(ds)))
     if arr.shape != (rows, cols) or arr.dtype.kind not in "ui":
         raise ValueError(f"JPEG lossless frame decoded to {arr.dtype} {arr.shape}, expected {rows}x{cols}")
