@@ -50,6 +50,8 @@ class ScoreConfig:
     uid_salt: str = ""
     amp: bool = False
     engine_cache_dir: str | None = None  # default: <out>/_engine_cache (nothing outside --out)
+    inference_precision: str = "auto"  # openvino: backends.openvino_backend.InferencePrecision
+    openvino_cache_dir: str | None = None  # default: ~/.cache/fracture-batch/openvino
 
     def __post_init__(self) -> None:
         # Callers (CLI, tests, Ray) may pass the modes as their strings: one type inside.
