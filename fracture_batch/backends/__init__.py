@@ -95,7 +95,8 @@ def resolve_backend(
         from fracture_batch.backends.cpu_rule import resolve_cpu_backend
 
         choice = resolve_cpu_backend(path, threads=threads)
-        return Resolution(choice.backend, device, f"{dev_why}; {choice.reason}", choice.inference_precision)
+        return Resolution(choice.backend, device, f"{path.suffix} file -> {choice.reason}; {dev_why}",
+                          choice.inference_precision)
     return Resolution(backend, device, f"{why}; {dev_why}")
 
 
