@@ -113,9 +113,6 @@ class OpenVinoBackend:
             "PERFORMANCE_HINT": "THROUGHPUT",
             "INFERENCE_PRECISION_HINT": self.precision.value,
             "CACHE_DIR": str(self.cache_dir),
-            # Decode workers share the cores: threads pinned to a core could not move off
-            # one a decoder holds (measured in README "CPU backends").
-            "ENABLE_CPU_PINNING": os.environ.get("FB_OV_PIN", "0") == "1",
         }
         if options.intra_op_threads > 0:
             config["INFERENCE_NUM_THREADS"] = options.intra_op_threads
