@@ -168,3 +168,17 @@ def test_missing_openvino_says_how_to_install_and_auto_falls_back(models, monkey
         ovb.OpenVinoBackend(onnx_path, DeviceKind.CPU, BackendOptions())
     r = resolve_backend(onnx_path, "auto", "cpu")
     assert r.backend is BackendKind.ONNXRUNTIME and "fracture-batch[openvino]" in r.reason
+
+
+def test_cli_and_training_import_without_openvino(monkeypatch):
+    """Training and the CLI never need openvino: with it missing they import and --help works."""
+    import importlib
+
+    from click.testing import CliRunner
+
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    importlib.import_module("train.fit")
+    from fracture_batch.cli import main
+
+    result = CliRunner().invoke(main, ["score", "--help"])
+    assert result.exit_code == 0 and "--inference-precision" in result.output
