@@ -23,6 +23,7 @@ from export.config import ExportConfig, Precision, Variant, variants_for
 from export.fp16 import count_float16_ops, create_fp16_module, export_fp16
 from export.images import ImageSet, load_inputs, resolve_image_source, resolve_image_sets
 from export.onnx_export import export_onnx, file_sha256, stamp_and_check
+from export.openvino_parity import record_openvino_parity
 from export.quantize import Int8Flavour, describe_qdq, pre_process, quantize_int8
 from export.report import EngineReport, ExportReport, VariantReport
 
@@ -138,6 +139,9 @@ def export_model(config: ExportConfig) -> ExportReport:
         for variant in variants:
             path = _write_variant(variant, model, spec, config, calib, Path(tmp) / "pre.onnx")
             reports.append(_check_variant(variant, path, model, spec, heldout, reference, labels, config))
+    # Optional: where openvino is installed, its parity per file and precision, for --backend auto.
+    record_openvino_parity({Variant(r.variant): Path(r.path) for r in reports}, spec, heldout, reference, labels,
+                           config)
 
     report = ExportReport(
         checkpoint=str(config.checkpoint),

@@ -80,6 +80,12 @@ def backend_components() -> list[Component]:
 
     ok, why = has_tensorrt()
     comps.append(Component("tensorrt", ok, _version("tensorrt") if ok else "", why))
+    from fracture_batch.backends.openvino_backend import cpu_has_bf16, has_openvino
+
+    ok, why = has_openvino()
+    detail = ("CPU; int8 Q/DQ files" + (", bf16 inference precision (AMX/AVX512-BF16)" if cpu_has_bf16() else "")
+              if ok else why)
+    comps.append(Component("openvino", ok, _version("openvino") if ok else "", detail))
     try:
         import torch
 

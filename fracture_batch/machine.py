@@ -23,7 +23,7 @@ INTERESTING_FLAGS = (
 )
 PACKAGES = (
     "fracture-batch", "torch", "torchvision", "numpy", "onnx", "onnxruntime",
-    "onnxruntime-gpu", "tensorrt", "nvidia-dali-cuda130", "pillow", "pydicom",
+    "onnxruntime-gpu", "openvino", "tensorrt", "nvidia-dali-cuda130", "pillow", "pydicom",
     "pylibjpeg-openjpeg", "pyarrow", "threadpoolctl",
 )
 # A figure is flagged when the 1-minute load average per usable core exceeds the first

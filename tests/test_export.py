@@ -140,3 +140,31 @@ def test_missed_bar_fails_loudly_and_still_writes_report(exported, tmp_path):
         export_model(config)
     report = json.loads((tmp_path / "export_report.json").read_text())
     assert report["passed"] is False and report["variants"][0]["failures"]
+
+
+def test_openvino_parity_recorded_for_auto(exported):
+    """Where openvino is installed, export measures it like every variant (same held-out
+    images, same bars) and records it for --backend auto."""
+    from fracture_batch.backends.openvino_backend import cpu_has_bf16, has_openvino
+
+    if not has_openvino()[0]:
+        pytest.skip("openvino not installed: nothing to record (pip install 'fracture-batch[openvino]')")
+    _, _, out, _, _ = exported
+    doc = json.loads((out / "openvino_parity.json").read_text())
+    assert set(doc["files"]) == {"model.onnx", "model.int8.onnx"}  # not TensorRT's int8.trt form
+    want = {"f32", "bf16"} if cpu_has_bf16() else {"f32"}
+    for name, entry in doc["files"].items():
+        assert set(entry["precisions"]) == want
+        f32 = entry["precisions"]["f32"]
+        assert f32["passed"], (name, f32["failures"])
+    assert doc["files"]["model.onnx"]["precisions"]["f32"]["parity"]["max_abs_diff"] <= 1e-4
+
+
+def test_export_works_without_openvino(exported, tmp_path, monkeypatch):
+    import sys
+
+    ckpt, data, _, _, _ = exported
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed: import raises
+    report = export_model(ExportConfig(checkpoint=ckpt, out_dir=tmp_path, data_dir=data,
+                                       precisions=(Precision.FP32,), parity_n=8))
+    assert report.passed and not (tmp_path / "openvino_parity.json").exists()

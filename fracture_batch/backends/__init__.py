@@ -4,7 +4,8 @@
 type and the device from what is installed and present:
 - ``.plan`` / ``.engine`` -> tensorrt (needs a CUDA GPU: a fatal error otherwise);
 - ``.onnx`` -> onnxruntime; on a GPU with onnxruntime-gpu: TensorRT EP (engine cache) then
-  CUDA EP, else the CPU EP;
+  CUDA EP; on the CPU onnxruntime or OpenVINO, whichever ``cpu_rule`` finds faster among
+  those within their parity bar (``--backend openvino`` forces OpenVINO);
 - ``.pt`` -> torch (CUDA if present, else CPU). A ``.pt`` is never swapped for a nearby
   ``.onnx``: export it and pass the ``.onnx`` to get onnxruntime's speed.
 """
@@ -38,6 +39,8 @@ SUFFIX_BACKEND = {
     ".pt": BackendKind.TORCH,
     ".pth": BackendKind.TORCH,
 }
+# Backends that read a file type other than their suffix's default.
+ALSO_READS = {BackendKind.OPENVINO: BackendKind.ONNXRUNTIME}
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class Resolution:
     backend: BackendKind
     device: DeviceKind
     reason: str
+    inference_precision: str = ""  # openvino: the precision auto chose ("": the option's)
 
 
 @functools.lru_cache(maxsize=1)
@@ -60,10 +64,13 @@ def has_cuda() -> tuple[bool, str]:
 
 
 def resolve_backend(
-    model_path: str | Path, backend: BackendKind | str = "auto", device: DeviceKind | str = "auto"
+    model_path: str | Path, backend: BackendKind | str = "auto", device: DeviceKind | str = "auto",
+    threads: int = 0,
 ) -> Resolution:
+    """``threads``: the inference threads the run will use (the CPU probe times with them)."""
     path = Path(model_path)
     backend, device = BackendKind(backend), DeviceKind(device)
+    was_auto = backend is BackendKind.AUTO
     if not path.is_file():
         raise BackendError(f"model file not found: {path}")
     by_suffix = SUFFIX_BACKEND.get(path.suffix.lower())
@@ -74,15 +81,22 @@ def resolve_backend(
     if backend is BackendKind.AUTO:
         backend = by_suffix
         why = f"{path.suffix} file -> {backend.value}"
-    elif backend is not by_suffix:
+    elif ALSO_READS.get(backend, backend) is not by_suffix:
         raise BackendError(
             f"--backend {backend.value} cannot run a {path.suffix} file; it needs "
-            + {BackendKind.ONNXRUNTIME: ".onnx", BackendKind.TENSORRT: ".plan", BackendKind.TORCH: ".pt"}[backend]
+            + {BackendKind.ONNXRUNTIME: ".onnx", BackendKind.TENSORRT: ".plan", BackendKind.TORCH: ".pt",
+               BackendKind.OPENVINO: ".onnx"}[backend]
             + " (or use --backend auto)"
         )
     else:
         why = f"--backend {backend.value}"
     device, dev_why = _resolve_device(backend, device)
+    if was_auto and backend is BackendKind.ONNXRUNTIME and device is DeviceKind.CPU:  # the CPU branch: onnxruntime or OpenVINO
+        from fracture_batch.backends.cpu_rule import resolve_cpu_backend
+
+        choice = resolve_cpu_backend(path, threads=threads)
+        return Resolution(choice.backend, device, f"{path.suffix} file -> {choice.reason}; {dev_why}",
+                          choice.inference_precision)
     return Resolution(backend, device, f"{why}; {dev_why}")
 
 
@@ -94,6 +108,10 @@ def _resolve_device(backend: BackendKind, device: DeviceKind) -> tuple[DeviceKin
         if not ok:
             raise BackendError(f"a TensorRT engine needs a CUDA GPU ({why}); score the .onnx on CPU instead")
         return DeviceKind.CUDA, why
+    if backend is BackendKind.OPENVINO:
+        if device is DeviceKind.CUDA:
+            raise BackendError("the OpenVINO backend runs on the CPU here; use --device cpu or --backend auto")
+        return DeviceKind.CPU, "openvino runs on the CPU"
     if device is not DeviceKind.AUTO:
         return device, f"--device {device.value}"
     if backend is BackendKind.ONNXRUNTIME:
@@ -116,6 +134,13 @@ def create_backend(
         from fracture_batch.backends.torch_backend import TorchBackend as cls
     elif kind is BackendKind.TENSORRT:
         from fracture_batch.backends.tensorrt_backend import TensorRTBackend as cls
+    elif kind is BackendKind.OPENVINO:
+        from dataclasses import replace
+
+        from fracture_batch.backends.openvino_backend import OpenVinoBackend as cls
+
+        if resolution.inference_precision and options.inference_precision == "auto":
+            options = replace(options, inference_precision=resolution.inference_precision)
     else:
         raise BackendError(f"backend {kind} is not concrete; call resolve_backend first")
     return cls(model_path, resolution.device, options)

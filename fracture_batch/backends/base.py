@@ -17,6 +17,7 @@ class BackendKind(str, enum.Enum):
     ONNXRUNTIME = "onnxruntime"
     TENSORRT = "tensorrt"
     TORCH = "torch"
+    OPENVINO = "openvino"
 
 
 class DeviceKind(str, enum.Enum):
@@ -45,6 +46,10 @@ class BackendOptions:
     amp: bool = False  # torch: bf16 autocast on CPU, fp16 on CUDA
     engine_cache_dir: str | None = None  # onnxruntime TensorRT EP engine cache
     device_id: int = 0
+    # openvino: arithmetic of non-quantised ops (an InferencePrecision value) and where
+    # compiled models are cached (None: ~/.cache/fracture-batch/openvino)
+    inference_precision: str = "auto"
+    openvino_cache_dir: str | None = None
 
 
 class Backend(Protocol):

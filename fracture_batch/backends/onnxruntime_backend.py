@@ -67,7 +67,7 @@ class OnnxRuntimeBackend:
         import onnxruntime as ort
 
         path = Path(model_path)
-        _check_external_data(path)
+        check_external_data(path)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -114,7 +114,7 @@ def _spec_from_session(session, path: Path) -> ModelSpec:
         raise BackendError(str(exc)) from None
 
 
-def _check_external_data(path: Path) -> None:
+def check_external_data(path: Path) -> None:
     """Refuse external-data references that escape the model's directory (export's check)."""
     from fracture_batch.model.onnx_meta import check_external_data_safe
 

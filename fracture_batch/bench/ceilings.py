@@ -8,6 +8,14 @@
 * int8: ``torch._int_mm`` (oneDNN, VNNI where present) and onnxruntime
   ``MatMulInteger`` (uint8 x int8, MLAS VNNI kernels: the ones the int8 ONNX model's
   QLinearConv/QDQ kernels use); the better one is the ceiling, named in ``note``.
+* AMX / VNNI through oneDNN: ``torch.ops.onednn.qlinear_pointwise`` (u8 x s8, the form
+  of a quantised conv; oneDNN's brg_matmul runs it on AMX int8 tiles where present,
+  ``ONEDNN_VERBOSE=1`` shows ``brg_matmul:avx10_1_512_amx``, else on VNNI) and OpenVINO's
+  own MatMul (int8 via FakeQuantize, bf16/f32 via the inference-precision hint); each
+  OpenVINO row names the kernel its runtime graph reports (e.g. ``brgemm_avx512_amx_I8``),
+  so the ceiling says which unit it measured. Run at 2048 too: at 4096 the AMX kernels
+  fall to a third of their 2048 rate on a 2-core VM (operands leave the 2 MB L2), and a
+  ceiling is the best a kernel does.
 * GPU: the same matmuls on the device, plus device-memory bandwidth from a large
   device-to-device copy (read + write bytes / time).
 Each runs in its own process (see ``isolate``), so thread pools start clean.
@@ -30,11 +38,11 @@ OPENBLAS_PINNED_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
 def _gemm_row(backend: str, precision: str, device: str, n: int, times: list[float],
-              threads: int, note: str = "", **extra: Any) -> Measurement:
+              threads: int, note: str = "", suffix: str = "", **extra: Any) -> Measurement:
     s = summarize(times)
     flop = 2.0 * n**3
     return Measurement(
-        suite="ceiling", name=f"gemm/{backend}/{precision}/{device}", backend=backend,
+        suite="ceiling", name=f"gemm/{backend}/{precision}/{device}{suffix}", backend=backend,
         precision=precision, device=device, repeats=s.n, threads=threads,
         gflops=flop / s.p50 / 1e9, note=note, extra={"n": n, "best_gflops": flop / s.min / 1e9, **extra},
         **s.ms(),
@@ -63,7 +71,7 @@ def _torch_dtype(precision: str):
 
 
 def torch_gemm(precision: str = "fp32", device: str = "cpu", n: int = 4096,
-               repeats: int = 5, warmup: int = 1, threads: int | None = None) -> list[Measurement]:
+               repeats: int = 5, warmup: int = 1, threads: int | None = None, suffix: str = "") -> list[Measurement]:
     import torch
 
     threads = threads or cpu_count()
@@ -75,7 +83,7 @@ def torch_gemm(precision: str = "fp32", device: str = "cpu", n: int = 4096,
     b = torch.randn(n, n, device=device).to(dt)
     sync = torch.cuda.synchronize if device == "cuda" else None
     times = measure(lambda: torch.mm(a, b), warmup=warmup, repeats=repeats, max_seconds=20, sync=sync)
-    return [_gemm_row("torch", precision, device, n, times, threads,
+    return [_gemm_row("torch", precision, device, n, times, threads, suffix=suffix,
                       note=f"torch.mm ({torch.backends.cpu.get_cpu_capability() if device == 'cpu' else 'cuBLAS'})")]
 
 
@@ -119,6 +127,58 @@ def ort_int8_gemm(n: int = 4096, repeats: int = 5, warmup: int = 1,
                       note="onnxruntime MatMulInteger (u8 x s8 -> s32)")]
 
 
+def onednn_int8_gemm(n: int = 2048, repeats: int = 5, warmup: int = 1,
+                     threads: int | None = None) -> list[Measurement]:
+    """oneDNN quantised linear (u8 activations x s8 weights -> f32): AMX int8 or VNNI."""
+    import torch
+
+    from fracture_batch.machine import cpu_info
+
+    threads = threads or cpu_count()
+    torch.set_num_threads(threads)
+    x = torch.randint(0, 255, (n, n), dtype=torch.uint8)
+    packed = torch.ops.onednn.qlinear_prepack(torch.randint(-128, 127, (n, n), dtype=torch.int8), [n, n])
+    scales, zps = torch.ones(n), torch.zeros(n, dtype=torch.int64)
+
+    def run():
+        return torch.ops.onednn.qlinear_pointwise(x, 1.0, 0, packed, scales, zps, None, 1.0, 0, torch.float32,
+                                                  "none", [], "")
+
+    times = measure(run, warmup=warmup, repeats=repeats, max_seconds=20)
+    unit = "AMX int8" if "amx_int8" in cpu_info()["cpu_flags"] else "VNNI/AVX-512"
+    return [_gemm_row("onednn", "int8", "cpu", n, times, threads,
+                      note=f"torch.ops.onednn.qlinear_pointwise u8 x s8 ({unit} via oneDNN brg_matmul)")]
+
+
+def openvino_gemm(precision: str = "int8", n: int = 2048, repeats: int = 5, warmup: int = 1,
+                  threads: int | None = None) -> list[Measurement]:
+    """OpenVINO CPU MatMul; the row records the kernel OpenVINO reports it ran."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    threads = threads or cpu_count()
+    rng = np.random.default_rng(0)
+    x = ops.parameter([n, n], np.float32, name="x")
+    w = rng.standard_normal((n, n)).astype(np.float32)
+    if precision == "int8":  # the FakeQuantize -> MatMul pattern a Q/DQ ONNX graph becomes
+        lo, hi = ops.constant(np.float32(-4)), ops.constant(np.float32(4))
+        wq = ops.convert(ops.constant(np.clip(np.round(w * 30), -127, 127).astype(np.int8)), np.float32)
+        y = ops.matmul(ops.fake_quantize(x, lo, hi, lo, hi, 256), ops.multiply(wq, ops.constant(np.float32(1 / 30))),
+                       False, False)
+    else:
+        y = ops.matmul(x, ops.constant(w), False, False)
+    compiled = ov.Core().compile_model(ov.Model([y], [x]), "CPU", {
+        "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"})
+    kernels = sorted({str(op.get_rt_info()["primitiveType"].astype(str)) for op in compiled.get_runtime_model().get_ops()
+                      if op.get_rt_info()["layerType"].astype(str) in ("MatMul", "FullyConnected")})
+    req = compiled.create_infer_request()
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    times = measure(lambda: req.infer({0: a}), warmup=warmup, repeats=repeats, max_seconds=20)
+    return [_gemm_row("openvino", precision, "cpu", n, times, threads,
+                      note=f"OpenVINO MatMul, kernel {', '.join(kernels)}", kernels=kernels)]
+
+
 def cuda_bandwidth(mib: int = 1024, repeats: int = 10, warmup: int = 2) -> list[Measurement]:
     import torch
 
@@ -147,7 +207,15 @@ def ceiling_configs(*, quick: bool, cuda: bool, n: int = 0) -> list[tuple[str, d
         (f"{mod}:torch_gemm", {"precision": "bf16", "n": n, "repeats": reps}, Measurement("ceiling", "gemm/torch/bf16/cpu", "torch", "bf16"), ()),
         (f"{mod}:torch_int8_gemm", {"n": n, "repeats": reps}, Measurement("ceiling", "gemm/torch/int8/cpu", "torch", "int8"), ()),
         (f"{mod}:ort_int8_gemm", {"n": n, "repeats": reps}, Measurement("ceiling", "gemm/onnxruntime/int8/cpu", "onnxruntime", "int8"), ()),
+        (f"{mod}:torch_gemm", {"precision": "bf16", "n": 2048, "repeats": reps, "suffix": "/n2048"}, Measurement("ceiling", "gemm/torch/bf16/cpu/n2048", "torch", "bf16"), ()),
+        (f"{mod}:onednn_int8_gemm", {"n": 2048, "repeats": reps}, Measurement("ceiling", "gemm/onednn/int8/cpu", "onednn", "int8"), ()),
     ]
+    from fracture_batch.backends.openvino_backend import has_openvino
+
+    if has_openvino()[0]:
+        for p in ("int8", "bf16", "fp32"):
+            out.append((f"{mod}:openvino_gemm", {"precision": p, "n": 2048, "repeats": reps},
+                        Measurement("ceiling", f"gemm/openvino/{p}/cpu", "openvino", p), ()))
     if cuda:
         for p in ("fp32", "fp16", "bf16"):
             out.append((f"{mod}:torch_gemm", {"precision": p, "device": "cuda", "n": 8192, "repeats": 20},

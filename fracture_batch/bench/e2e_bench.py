@@ -101,17 +101,45 @@ def run_naive_config(*, corpus_dir: str, checkpoint: str | None, arch: str, inpu
                         extra={"wall_s_with_load": [r["seconds"] for r in runs]})]
 
 
+def run_plain_openvino_config(*, corpus_dir: str, model_path: str, repeats: int,
+                              warmup_dir: str | None = None) -> list[Measurement]:
+    """The CPU peer row: ``plain_openvino.plain_openvino_score`` on the project's int8 file."""
+    from fracture_batch.bench.plain_openvino import plain_openvino_score
+
+    def paths(d: str) -> list[str]:
+        return sorted(str(p) for p in Path(d).iterdir() if p.is_file())
+
+    if warmup_dir:
+        plain_openvino_score(paths(warmup_dir), model_path)
+    runs, cpu = [], []
+    for _ in range(max(1, repeats)):
+        with tempfile.TemporaryDirectory() as tmp:
+            c0 = _cpu_seconds()[0]
+            runs.append(plain_openvino_score(paths(corpus_dir), model_path, str(Path(tmp) / "out.parquet")))
+            cpu.append((_cpu_seconds()[0] - c0) * 1e3 / runs[-1]["n"])
+    return [Measurement(suite="e2e", name="plain/pil+openvino/int8", backend="plain-openvino", precision="int8",
+                        batch_size=16, n_images=runs[0]["n"], repeats=len(runs), warmup=1 if warmup_dir else 0,
+                        images_per_s=summarize([r["images_per_s"] for r in runs]).p50,
+                        build_s=summarize([r["build_s"] for r in runs]).p50,
+                        note="PIL decode + resize + normalise, OpenVINO THROUGHPUT AsyncInferQueue, batch 16",
+                        extra={"wall_s_with_load": [r["seconds"] for r in runs],
+                               "cpu_ms_per_image_main": summarize(cpu).p50})]
+
+
 def attach_ratios_and_bounds(rows: list[Measurement], regime: str, model_rows: list[Measurement],
                              decode_rate_1worker: float | None) -> None:
     """Ratio vs the naive row of the same regime, fraction of model-only throughput
     (same backend/precision, the runner's batch size or the nearest measured), bound stage."""
     naive = next((r for r in rows if r.backend == "naive" and r.status == "ok"), None)
+    plain = next((r for r in rows if r.backend == "plain-openvino" and r.status == "ok"), None)
     for r in rows:
         r.regime = regime
-        if r.status != "ok" or r.backend == "naive":
+        if r.status != "ok" or r.backend in ("naive", "plain-openvino"):
             continue
         if naive and naive.images_per_s:
             r.ratio_vs_naive = r.images_per_s / naive.images_per_s
+        if plain and plain.images_per_s:
+            r.extra["ratio_vs_plain_openvino"] = r.images_per_s / plain.images_per_s
         m = _model_row(model_rows, r.backend, r.precision, r.batch_size or 32)
         if m is None or not m.images_per_s:
             continue
@@ -123,6 +151,10 @@ def attach_ratios_and_bounds(rows: list[Measurement], regime: str, model_rows: l
             decode_core_s = 1.0 / decode_rate_1worker
             r.extra.update(decode_core_ms_per_image=decode_core_s * 1e3, infer_core_ms_per_image=infer_core_s * 1e3)
             r.bound_by = "decode" if decode_core_s > infer_core_s else "inference"
+            # Decode and inference share the cores: every image costs both, so the cores
+            # divided by the sum is what the run could reach with no idle core and no overhead.
+            bound = (m.threads or 1) / (decode_core_s + infer_core_s)
+            r.extra.update(bound_images_per_s=bound, fraction_of_bound=r.images_per_s / bound)
 
 
 def _model_row(model_rows: list[Measurement], backend: str, precision: str, bs: int) -> Measurement | None:
@@ -136,7 +168,8 @@ def _model_row(model_rows: list[Measurement], backend: str, precision: str, bs: 
 def bench_e2e(*, regime: str, corpus_dir: Path, warmup_dir: Path | None, models: dict[str, str],
               checkpoint: str | None, arch: str, input_size: int, repeats: int, batch_size: int = 32,
               in_process: bool = False) -> list[Measurement]:
-    """``models``: precision -> ONNX file, each scored with the onnxruntime backend."""
+    """``models``: precision -> ONNX file, each scored with the onnxruntime backend (and, where
+    openvino is installed, the int8 file with OpenVINO beside the plain PIL + OpenVINO peer)."""
     from fracture_batch.bench.isolate import run_isolated
 
     rows = run_isolated(
@@ -151,6 +184,28 @@ def bench_e2e(*, regime: str, corpus_dir: Path, warmup_dir: Path | None, models:
                  batch_size=batch_size, repeats=repeats, warmup_dir=str(warmup_dir) if warmup_dir else None),
             label=Measurement("e2e", f"score/onnxruntime/{precision}", "onnxruntime", precision),
             in_process=in_process, timeout_s=3600)
+    rows += _openvino_rows(corpus_dir, warmup_dir, models, repeats, batch_size, in_process)
     for r in rows:
         r.regime = regime
+    return rows
+
+
+def _openvino_rows(corpus_dir: Path, warmup_dir: Path | None, models: dict[str, str], repeats: int,
+                   batch_size: int, in_process: bool) -> list[Measurement]:
+    from fracture_batch.backends.openvino_backend import has_openvino
+    from fracture_batch.bench.isolate import run_isolated
+
+    if "int8" not in models or not has_openvino()[0]:
+        return []
+    warm = str(warmup_dir) if warmup_dir else None
+    rows = run_isolated(
+        "fracture_batch.bench.e2e_bench:run_plain_openvino_config",
+        dict(corpus_dir=str(corpus_dir), model_path=str(models["int8"]), repeats=repeats, warmup_dir=warm),
+        label=Measurement("e2e", "plain/pil+openvino/int8", "plain-openvino", "int8"), in_process=in_process,
+        timeout_s=3600)
+    rows += run_isolated(
+        "fracture_batch.bench.e2e_bench:run_score_config",
+        dict(corpus_dir=str(corpus_dir), model_path=str(models["int8"]), backend="openvino", precision="int8",
+             batch_size=batch_size, repeats=repeats, warmup_dir=warm),
+        label=Measurement("e2e", "score/openvino/int8", "openvino", "int8"), in_process=in_process, timeout_s=3600)
     return rows

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZES = (1, 8, 32, 128)
 DEFAULT_CONFIGS = {  # device -> backend -> precisions measured when none are asked for
-    "cpu": {"onnxruntime": ("fp32", "int8"), "torch": ("fp32", "bf16")},
+    "cpu": {"onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8"), "torch": ("fp32", "bf16")},
     "cuda": {"tensorrt": ("fp32", "fp16", "int8"), "onnxruntime": ("fp32", "fp16", "int8"),
              "torch": ("fp32", "fp16")},
 }
@@ -90,6 +90,19 @@ def _resolve_one(art: ModelArtifacts, backend: str, precision: str, device: str)
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 return skip("onnxruntime has no CUDA provider: pip install 'fracture-batch[gpu]'")
         return ModelConfig(backend, precision, device, str(art.onnx[variant]))
+    if backend == "openvino":
+        from fracture_batch.backends.openvino_backend import cpu_has_bf16, has_openvino
+
+        ok, why = has_openvino()
+        if device != "cpu" or not ok:
+            return skip(why if ok is False else "the OpenVINO backend runs on the CPU")
+        if precision == "bf16" and not cpu_has_bf16():
+            return skip("bf16 inference precision needs AMX or AVX512-BF16")
+        # bf16 is an inference precision of the fp32 file, int8 the Q/DQ file (f32 hint)
+        variant = "fp32" if precision in ("fp32", "bf16") else precision
+        if variant not in art.onnx:
+            return skip(f"no {variant} ONNX file (fracture-batch export --precisions {variant})")
+        return ModelConfig(backend, precision, device, str(art.onnx[variant]))
     if backend == "tensorrt":
         if device != "cuda":
             return skip("TensorRT runs on CUDA GPUs only")
@@ -112,7 +125,8 @@ def create_backend(backend: str, precision: str, device: str, model_path: str, t
     from fracture_batch.backends.base import BackendOptions
 
     kind, prec = BackendKind(backend), Precision(precision)
-    opts = BackendOptions(intra_op_threads=threads, amp=prec in (Precision.BF16, Precision.FP16))
+    opts = BackendOptions(intra_op_threads=threads, amp=prec in (Precision.BF16, Precision.FP16),
+                          inference_precision="bf16" if prec is Precision.BF16 else "f32")
     if kind is BackendKind.TENSORRT:
         from pathlib import Path
 

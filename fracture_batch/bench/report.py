@@ -92,7 +92,9 @@ def markdown(run: BenchRun) -> str:
     out += ["## End to end (`score` vs the naive scorer, same run)\n", table(ok(rows, "e2e"), [
         ("regime", lambda r: r.regime), ("what", lambda r: r.name), ("images", lambda r: str(r.n_images)),
         ("images/s", lambda r: _f(r.images_per_s)), ("x naive", lambda r: _f(r.ratio_vs_naive, "{:.2f}")),
-        ("of model-only", lambda r: _pct(r.fraction_of_model_only)), ("bound by", lambda r: r.bound_by),
+        ("x plain PIL+OpenVINO", lambda r: _f(r.extra.get("ratio_vs_plain_openvino"), "{:.2f}")),
+        ("of model-only", lambda r: _pct(r.fraction_of_model_only)),
+        ("of cores bound", lambda r: _pct(r.extra.get("fraction_of_bound"))), ("bound by", lambda r: r.bound_by),
         ("decoder, threads", _decoder_threads),
         ("CPU ms/image: scoring process + decode children", _cpu_split),
         ("load s", lambda r: _f(r.build_s, "{:.2f}"))])]

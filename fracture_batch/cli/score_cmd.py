@@ -7,6 +7,7 @@ import sys
 import click
 
 from fracture_batch.backends.base import BackendKind, DeviceKind
+from fracture_batch.backends.openvino_backend import InferencePrecision
 from fracture_batch.decode.types import DecoderKind, IdentifierMode, ReduceOverride
 from fracture_batch.scoring.config import DecodeIsolation
 from fracture_batch.scoring.config import Engine
@@ -20,11 +21,13 @@ def _choice(enum_cls) -> click.Choice:
 @click.command(context_settings={"show_default": True})
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--model", "model", required=True, type=click.Path(dir_okay=False, path_type=str),
-              help="Model file to score with: .onnx (onnxruntime), .plan + .json sidecar (TensorRT), or .pt (torch).")
+              help="Model file to score with: .onnx (onnxruntime or OpenVINO), .plan + .json sidecar (TensorRT), or .pt (torch).")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Output directory (a Parquet dataset). Created if its parent exists; re-running resumes.")
 @click.option("--backend", type=_choice(BackendKind), default="auto",
-              help="Inference backend. auto: chosen from the model file type and the device, and printed.")
+              help="Inference backend. auto: chosen from the model file type and the device, and printed; for "
+                   "an .onnx on the CPU the faster of onnxruntime and OpenVINO (a short probe, cached) among "
+                   "those within their recorded parity bar. openvino: pip install 'fracture-batch[openvino]'.")
 @click.option("--device", type=_choice(DeviceKind), default="auto",
               help="auto: CUDA when a GPU and a CUDA-capable backend are present, else CPU.")
 @click.option("--decoder", type=_choice(DecoderKind), default="auto",
@@ -63,6 +66,12 @@ def _choice(enum_cls) -> click.Choice:
 @click.option("--uid-salt", default="", envvar="FRACTURE_BATCH_UID_SALT", show_default=False,
               help="Salt for --dicom-ids hash (or env FRACTURE_BATCH_UID_SALT); same salt, same tokens.")
 @click.option("--amp", is_flag=True, help="torch backend: autocast (bf16 on CPU, fp16 on CUDA).")
+@click.option("--inference-precision", type=_choice(InferencePrecision), default="auto",
+              help="openvino: arithmetic of the ops the file does not quantise. auto: bf16 for a fp32 file on "
+                   "a CPU with AMX/AVX512-BF16 (within its parity bar), else f32. bf16 needs such a CPU.")
+@click.option("--openvino-cache", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="openvino: compiled-model cache directory, so start-up skips compilation "
+                   "(default: ~/.cache/fracture-batch/openvino).")
 @click.option("--engine-cache", type=click.Path(file_okay=False, path_type=str), default=None,
               help="onnxruntime TensorRT EP engine cache directory (default: OUT/_engine_cache).")
 @click.option("--study-key", type=_choice(StudyKey), default=StudyKey.AUTO.value,
@@ -88,7 +97,7 @@ def _choice(enum_cls) -> click.Choice:
               help="--engine ray: CPUs each actor reserves (also its inference threads).")
 def score(inputs, model, out, backend, device, decoder, batch_size, decode_workers, intra_op_threads,
           decode_isolation, decode_timeout, part_rows, part_seconds, resume, overwrite, max_pixels, decode_reduce, dicom_ids,
-          uid_salt, amp, engine_cache, study_key, study_aggregate, progress, engine, address, workers, gpus_per_worker, cpus_per_worker):
+          uid_salt, amp, inference_precision, openvino_cache, engine_cache, study_key, study_aggregate, progress, engine, address, workers, gpus_per_worker, cpus_per_worker):
     """Score every file under INPUTS (directories or files, walked recursively) into --out.
 
     One Parquet row per input file: path, relpath, status (ok|error), error, prob_fractured,
@@ -109,6 +118,7 @@ def score(inputs, model, out, backend, device, decoder, batch_size, decode_worke
         part_seconds=part_seconds, resume=resume, overwrite=overwrite, max_pixels=max_pixels,
         identifiers=dicom_ids, uid_salt=uid_salt, decode_reduce=decode_reduce, amp=amp, engine_cache_dir=engine_cache,
         study_key=StudyKey(study_key), study_aggregate=StudyAggregate(study_aggregate),
+        inference_precision=inference_precision, openvino_cache_dir=openvino_cache,
     )
     show = progress
     bar = ProgressBar(enabled=show)

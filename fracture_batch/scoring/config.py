@@ -68,6 +68,8 @@ class ScoreConfig:
     engine_cache_dir: str | None = None  # default: <out>/_engine_cache (nothing outside --out)
     study_key: StudyKey = StudyKey.AUTO  # the study table (OUT/_studies), rebuilt at the end of every run
     study_aggregate: StudyAggregate = StudyAggregate.MEAN
+    inference_precision: str = "auto"  # openvino: backends.openvino_backend.InferencePrecision
+    openvino_cache_dir: str | None = None  # default: ~/.cache/fracture-batch/openvino
 
     def __post_init__(self) -> None:
         # Callers (CLI, tests, Ray) may pass the modes as their strings: one type inside.

@@ -52,7 +52,9 @@ def _score(session: Session, on_progress, on_start) -> ScoreSummary:
     engine_cache = cfg.engine_cache_dir or str(out / "_engine_cache")
     predictor = Predictor(
         cfg.model, backend=cfg.backend, device=cfg.device,
-        options=BackendOptions(intra_op_threads=threads.intra_op, amp=cfg.amp, engine_cache_dir=engine_cache),
+        options=BackendOptions(intra_op_threads=threads.intra_op, amp=cfg.amp, engine_cache_dir=engine_cache,
+                               inference_precision=cfg.inference_precision,
+                               openvino_cache_dir=cfg.openvino_cache_dir),
         decode_options=DecodeOptions(max_pixels=cfg.max_pixels, identifiers=cfg.identifiers, uid_salt=cfg.uid_salt,
                                      decode_reduce=cfg.decode_reduce),
     )

@@ -45,7 +45,7 @@ class Predictor:
         decode_options: DecodeOptions = DecodeOptions(),
     ):
         self.model_path = Path(model_path).absolute()
-        self.resolution = resolve_backend(self.model_path, backend, device)
+        self.resolution = resolve_backend(self.model_path, backend, device, threads=options.intra_op_threads)
         log.info("backend: %s on %s (%s)", self.resolution.backend.value, self.resolution.device.value,
                  self.resolution.reason)
         self.backend = create_backend(self.model_path, self.resolution, options)
