@@ -41,6 +41,14 @@ class AmpDtype(str, enum.Enum):
     FP16 = "fp16"
 
 
+class LrSchedule(str, enum.Enum):
+    """How the learning rate moves over a phase's epochs (stepped once per epoch)."""
+
+    STEP = "step"  # StepLR(step_size, gamma), as in the seed project
+    COSINE = "cosine"  # cosine from the initial rate to ~0 over the phase: no drop epoch to tune
+    ONECYCLE = "onecycle"  # per step: warm up to the rate over 25 % of the phase, then anneal to ~0
+
+
 class Loader(str, enum.Enum):
     """Training input pipeline; evaluation always uses the scorer's Python preprocessing."""
 
@@ -63,10 +71,15 @@ class TrainConfig:
     # (the seed's model.train() with requires_grad=False; essential from random init,
     # AdaBN-like domain adaptation with ImageNet weights); True keeps them fixed.
     freeze_bn_stats: bool = False
+    # From random initialisation only: each residual block's last batch-norm scale starts at
+    # 0, so every block starts as the identity and the 50-layer network trains like a
+    # shallow one at first (Goyal et al. 2017; torchvision's zero_init_residual).
+    zero_init_residual: bool = False
     batch_size: int = 32
     lr: float = 1e-3  # head (both phases)
     backbone_lr: float = 1e-4  # unfrozen backbone layers, phase 2: lower than the head's
     weight_decay: float = 0.0
+    lr_schedule: LrSchedule = LrSchedule.STEP
     step_size: int = 7  # StepLR, as in the seed project
     gamma: float = 0.1
     patience: int = 3  # early stopping on validation loss; best weights restored
@@ -120,7 +133,7 @@ class TrainConfig:
         types = {f.name: f.type for f in dataclasses.fields(cls)}
         enums = {"resize_mode": ResizeMode, "unfreeze": Unfreeze, "imbalance": Imbalance,
                  "threshold_rule": ThresholdMethod, "device": DeviceKind, "amp_dtype": AmpDtype,
-                 "loader": Loader}
+                 "loader": Loader, "lr_schedule": LrSchedule}
         kw: dict[str, Any] = {}
         for k, v in d.items():
             if k not in types:

@@ -98,20 +98,26 @@ def demo(ctx: click.Context, workdir: Path, n_images: int | None, seed: int, pre
 
 
 def _recap(workdir: Path, run: Path, exp: Path, scores: Path, timings: dict[str, float]) -> None:
-    from train.report import phase_table
+    from fracture_batch.machine import cpu_label
+    from train.report import phase_caption, phase_table
 
     _stage("results")
+    click.echo(f"measured on: {cpu_label()}")
+    click.echo("")
     metrics = json.loads((run / "metrics.json").read_text())
     click.echo(phase_table(metrics))
+    click.echo(phase_caption(metrics))
+    click.echo(_train_headroom(metrics, timings.get("train", 0.0)))
     report = exp / "export_report.json"
     if report.is_file():
         click.echo("")
         click.echo("export parity against torch fp32 (held-out images):")
         for v in json.loads(report.read_text()).get("variants", []):
             p = v.get("parity", {})
-            click.echo(f"  {v.get('variant', '?'):<14} max|dp| {p.get('max_abs_diff', float('nan')):.2e}  "
-                       f"agreement {p.get('agreement', float('nan')):.3f}  "
-                       f"passed {v.get('passed')}")
+            click.echo(f"  {v.get('variant', '?'):<9} max|dp| {p.get('max_abs_diff', float('nan')):.2e}  "
+                       f"agreement {p.get('agreement', float('nan')):.3f} ({p.get('flips', '?')} flips, "
+                       f"{p.get('near_threshold', '?')} near the threshold)  "
+                       f"passed {v.get('passed')} (judged by {v.get('judged_by', '?')})")
     success = scores / "_SUCCESS"
     if success.is_file():
         s = json.loads(success.read_text())
@@ -122,3 +128,18 @@ def _recap(workdir: Path, run: Path, exp: Path, scores: Path, timings: dict[str,
     click.echo("stage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items())
                + f"; total {sum(timings.values()) / 60:.1f} min")
     click.echo(f"everything is under {workdir}")
+
+
+def _train_headroom(metrics: dict, train_s: float) -> str:
+    """Whether the recipe ran whole, and how far the train stage stayed under its guard."""
+    cfg = metrics["config"]
+    budget = 60.0 * float(cfg.get("max_minutes") or 0.0)
+    cut = [p for p, r in metrics["phases"].items() if r.get("stopped_by") == "time_budget"]
+    ran = ", ".join(f"{p} {r['epochs_run']}" for p, r in metrics["phases"].items())
+    line = f"epochs run: {ran} (recipe: frozen {cfg['frozen_epochs']}, unfrozen {cfg['epochs']})"
+    if not budget:
+        return line
+    if cut:
+        return line + f"; the {budget / 60:.0f}-min time guard cut the {', '.join(cut)} phase: the recipe did not finish"
+    return line + (f"; train stage {train_s / 60:.1f} min, {1 - train_s / budget:.0%} headroom under the "
+                   f"{budget / 60:.0f}-min guard")
