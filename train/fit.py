@@ -177,8 +177,6 @@ def create_run_parts(config: TrainConfig, prec: MixedPrecision, data: _Data, wei
 
     model = create_model(config.arch, len(data.class_names))
     apply_pretrained(model, weights)
-    if config.zero_init_residual and weights.source == "none":
-        zero_init_residual(model)
     model.to(prec.device)
     if prec.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -204,20 +202,6 @@ def create_run_parts(config: TrainConfig, prec: MixedPrecision, data: _Data, wei
                                       num_threads=max(1, config.num_workers), device=prec.device)
     return RunParts(model, prec, criterion, eval_criterion, data.datasets["train"], eval_loaders, sampler_w,
                     dali_loader)
-
-
-def zero_init_residual(model) -> None:
-    """Zero the last batch-norm scale of every residual block (torchvision's
-    ``zero_init_residual=True``): each block starts as the identity."""
-    import torch
-    from torchvision.models.resnet import BasicBlock, Bottleneck
-
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, Bottleneck):
-                m.bn3.weight.zero_()
-            elif isinstance(m, BasicBlock):
-                m.bn2.weight.zero_()
 
 
 def finish_phase(parts: RunParts, record: RunRecord, data: _Data, config: TrainConfig, phase: str,

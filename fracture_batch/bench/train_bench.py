@@ -25,9 +25,12 @@ import time
 from pathlib import Path
 
 PRECISIONS = ("fp32", "bf16")
-# Epoch variants: (name, batch size, loader workers). "before" is the demo recipe as issue
-# 16 found it; "after" is train.config.DEMO_TRAIN_CONFIG's loader settings now.
-EPOCH_VARIANTS = {"before": (32, 2), "after": (None, None)}
+# Epoch variants: name -> (input px, batch size, loader workers). "before" is the demo recipe
+# as issue 16 found it; "after" (None) is train.config.DEMO_TRAIN_CONFIG now.
+# The demo's data set size (fracture_batch/cli/demo_cmd.py DEMO_N_IMAGES; the CLI sits above
+# this layer): an epoch's seconds are extrapolated to its splits.
+DEMO_IMAGES = 2860
+EPOCH_VARIANTS: dict[str, tuple[int, int, int] | None] = {"before": (112, 32, 2), "after": None}
 
 
 def forward_flops(arch: str, size: int) -> float:
@@ -99,18 +102,20 @@ def ceiling(threads: int | None, n: int = 2048) -> dict:
     return {"gemm": m.name, "n": n, "gflops": m.gflops, "best_gflops": m.extra["best_gflops"], "note": m.note}
 
 
-def epoch(data_dir: str, name: str, batch: int, workers: int, max_batches: int, threads: int | None) -> dict:
+def epoch(data_dir: str, name: str, size: int, batch: int, workers: int, max_batches: int,
+          threads: int | None) -> dict:
     """Child: one epoch of the demo recipe (cached, unaugmented) split into its stages."""
     import torch
 
     from fracture_batch.model.spec import ModelSpec
+    from fracture_batch.synth.generate import resolve_split_counts
     from train import data as D
     from train.config import demo_train_config
     from train.fit import class_weights, prepare_data
     from train.loops import evaluate, train_mode
 
-    config = demo_train_config(Path(data_dir), Path(data_dir), batch_size=batch, num_workers=workers,
-                               progress=False)
+    config = demo_train_config(Path(data_dir), Path(data_dir), image_size=size, batch_size=batch,
+                               num_workers=workers, progress=False)
     prec, model, opt = _model_and_optimizer(config.arch, "bf16", threads)
     t0 = time.perf_counter()
     data = prepare_data(config, ModelSpec(arch=config.arch, input_size=config.image_size), {})
@@ -149,6 +154,7 @@ def epoch(data_dir: str, name: str, batch: int, workers: int, max_batches: int, 
     va = evaluate(model, D.create_loader(data.datasets["val"], batch_size=batch, shuffle=False, seed=0,
                                          num_workers=workers), loss_fn, prec, progress=False)
     val_s = time.perf_counter() - t1
+    demo = resolve_split_counts(DEMO_IMAGES)
     per_image = {k: sum(v) / max(seen, 1) for k, v in stages.items()}
     return {"variant": name, "batch_size": batch, "num_workers": workers, "image_size": config.image_size,
             "arch": config.arch, "threads": torch.get_num_threads(), "images": seen,
@@ -156,7 +162,7 @@ def epoch(data_dir: str, name: str, batch: int, workers: int, max_batches: int, 
             "eval_images_per_s": va["n"] / val_s, "eval_images": va["n"],
             "cache_fill_s_per_image": cache_s / n_cached,
             # an epoch of the demo (its train split, one val pass), from the rates above
-            "demo_epoch_s": len(data.datasets["train"]) / (seen / train_s) + len(data.datasets["val"]) / (va["n"] / val_s)}
+            "demo_epoch_s": demo["train"] / (seen / train_s) + demo["val"] / (va["n"] / val_s)}
 
 
 # ---- the parent ------------------------------------------------------------------------
@@ -166,11 +172,10 @@ def _child(kind: str, kwargs: dict) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _epoch_variants() -> dict[str, tuple[int, int]]:
-    from train.config import DEMO_TRAIN_CONFIG
+def _epoch_variants() -> dict[str, tuple[int, int, int]]:
+    from train.config import DEMO_TRAIN_CONFIG as D
 
-    now = (DEMO_TRAIN_CONFIG.batch_size, DEMO_TRAIN_CONFIG.num_workers)
-    return {k: (now if v == (None, None) else v) for k, v in EPOCH_VARIANTS.items()}
+    return {k: v or (D.image_size, D.batch_size, D.num_workers) for k, v in EPOCH_VARIANTS.items()}
 
 
 def ensure_data(workdir: Path, n: int) -> Path:
@@ -199,9 +204,10 @@ def run(args: argparse.Namespace) -> dict:
     epochs = []
     if args.epoch_batches:
         data = ensure_data(Path(args.workdir), args.epoch_images)
-        for name, (batch, workers) in _epoch_variants().items():
-            epochs.append(_child("epoch", dict(data_dir=str(data), name=name, batch=batch, workers=workers,
-                                               max_batches=args.epoch_batches, threads=threads)))
+        for name, (size, batch, workers) in _epoch_variants().items():
+            epochs.append(_child("epoch", dict(data_dir=str(data), name=name, size=size, batch=batch,
+                                               workers=workers, max_batches=args.epoch_batches,
+                                               threads=threads)))
             print(f"epoch {name}: {epochs[-1]['train_images_per_s']:.1f} images/s", file=sys.stderr)
     fwd = forward_flops(args.arch, args.image_size)
     for r in rows:
@@ -245,12 +251,12 @@ def markdown(result: dict) -> str:
     if result.get("epochs"):
         lines += ["", "Demo-recipe epochs (bf16, cached synthetic radiographs): milliseconds per training image "
                   "by stage, then the validation pass.", "",
-                  "| variant | batch | workers | data | forward | backward | optimizer | train images/s "
+                  "| variant | px | batch | workers | data | forward | backward | optimizer | train images/s "
                   "| of bf16 ceiling | val images/s | cache fill ms/image | demo epoch s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for e in result["epochs"]:
             s = {k: 1e3 * v for k, v in e["s_per_image"].items()}
-            lines.append(f"| {e['variant']} | {e['batch_size']} | {e['num_workers']} | {s['data']:.1f} "
+            lines.append(f"| {e['variant']} | {e['image_size']} | {e['batch_size']} | {e['num_workers']} | {s['data']:.1f} "
                          f"| {s['forward']:.1f} | {s['backward']:.1f} | {s['optimizer']:.1f} "
                          f"| {e['train_images_per_s']:.1f} | {e['fraction_of_bf16_ceiling']:.1%} "
                          f"| {e['eval_images_per_s']:.1f} | {1e3 * e['cache_fill_s_per_image']:.1f} "

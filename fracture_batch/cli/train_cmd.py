@@ -15,7 +15,7 @@ UNFREEZE = ("layer4", "layer3+", "all")
 IMBALANCE = ("weighted_loss", "sampler", "none")
 LOADERS = ("torch", "dali")
 AMP_DTYPES = ("auto", "bf16", "fp16")
-LR_SCHEDULES = ("step", "cosine")
+LR_SCHEDULES = ("step", "cosine", "onecycle")
 
 
 @click.command(context_settings={"show_default": True})
@@ -42,8 +42,9 @@ LR_SCHEDULES = ("step", "cosine")
               help="Adam learning rate of unfrozen backbone layers (lower than the head's).")
 @click.option("--weight-decay", type=float, default=0.0, help="Adam weight decay.")
 @click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default="step",
-              help="Learning rate over each phase's epochs: step (StepLR, --step-size/--gamma) or cosine "
-                   "(from the set rate down to 1 % of it by the phase's last epoch; no drop epoch to tune).")
+              help="Learning rate over each phase: step (StepLR per epoch, --step-size/--gamma), cosine (per "
+                   "epoch, from the set rate down to 1 % of it) or onecycle (per batch: warm up to the set rate "
+                   "over the first 25 %, then anneal).")
 @click.option("--step-size", type=int, default=7, help="StepLR: epochs between learning-rate drops.")
 @click.option("--gamma", type=float, default=0.1, help="StepLR: factor of each drop.")
 @click.option("--patience", type=int, default=3,
