@@ -233,10 +233,17 @@ def markdown(result: dict) -> str:
         f"load average at start {m.get('load_average')}, at end {result.get('load_average_end')}. "
         "One step = forward + backward + Adam, channels_last, random batch; images/s from the median step.", "",
     ]
+    from fracture_batch.machine import busy_note
+
+    note = busy_note(m, result.get("load_average_end"), rerun="`python -m benchmarks.bench_train`") if m else ""
+    if note:
+        lines += [note]
     ceil = result.get("ceiling")
     if ceil:
         lines += [f"bf16 GEMM ceiling in the same run: **{ceil['gflops']:.0f} GFLOP/s** ({ceil['note']}, "
-                  f"n={ceil['n']}; best repeat {ceil['best_gflops']:.0f}).", ""]
+                  f"n={ceil['n']}; best repeat {ceil['best_gflops']:.0f}). On AMX CPUs oneDNN runs bf16 convolutions "
+                  "forward and backward on AMX (check with ONEDNN_VERBOSE=1: `avx10_1_512_amx` / "
+                  "`avx512_core_amx` implementations).", ""]
     lines += [
         "| precision | arch | px | batch | threads | images/s | step p50 s | step p95 s | CPU s/image | GFLOP/s "
         "| of bf16 ceiling | vs fp32 |",
