@@ -102,9 +102,10 @@ def resolve_trt_variant(config: ExportConfig, variants: tuple[Variant, ...]) -> 
 
 def _check_variant(variant, path, model, spec, heldout, reference, labels, config) -> VariantReport:
     parity, checks = _measure(variant, path, model, spec, heldout, reference, labels, config)
-    failures = P.bar_failures(variant, parity, config.bars)
-    log.info("%s: max|dp| %.2e agreement %.2f%% %s", variant.value, parity.max_abs_diff, 100 * parity.agreement,
-             "ok" if not failures else "FAIL " + "; ".join(failures))
+    failures, judged_by = P.judge(variant, parity, config.bars)
+    log.info("%s: max|dp| %.2e agreement %.2f%% (%d flips, %d images within max|dp| of the threshold) %s",
+             variant.value, parity.max_abs_diff, 100 * parity.agreement, parity.flips, parity.near_threshold,
+             f"ok (judged by {judged_by.value})" if not failures else "FAIL " + "; ".join(failures))
     return VariantReport(
         variant=variant.value,
         path=str(path),
@@ -113,6 +114,7 @@ def _check_variant(variant, path, model, spec, heldout, reference, labels, confi
         parity=parity,
         passed=not failures,
         failures=tuple(failures),
+        judged_by=judged_by.value,
         checks=checks,
         details=_details(variant, path),
     )

@@ -5,6 +5,7 @@ All comparisons are on P(positive class) through the spec's own probability rule
 """
 from __future__ import annotations
 
+import enum
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ class Parity:
     max_abs_diff: float
     mean_abs_diff: float
     agreement: float  # fraction of images with the same label at spec.threshold
+    flips: int  # images whose label at spec.threshold changed
+    near_threshold: int  # images whose fp32 probability lies within max_abs_diff of the threshold
     auc_reference: float | None  # ROC AUC of torch fp32 (None: no labels or one class)
     auc_variant: float | None
     auc_diff: float | None  # |auc_variant - auc_reference|
@@ -84,13 +87,17 @@ def compare(
 ) -> Parity:
     ref, var = spec.probabilities(reference_logits), spec.probabilities(variant_logits)
     diff = np.abs(ref.astype(np.float64) - var.astype(np.float64))
-    agree = np.mean(np.array(spec.labels(ref)) == np.array(spec.labels(var)))
+    same = np.array(spec.labels(ref)) == np.array(spec.labels(var))
+    # Only these images can change side for an error of max_abs_diff: the flips' pool.
+    near = np.abs(ref.astype(np.float64) - spec.threshold) <= diff.max()
     auc_ref, auc_var = _auc(labels, ref), _auc(labels, var)
     return Parity(
         n=int(len(ref)),
         max_abs_diff=float(diff.max()),
         mean_abs_diff=float(diff.mean()),
-        agreement=float(agree),
+        agreement=float(np.mean(same)),
+        flips=int(np.sum(~same)),
+        near_threshold=int(np.sum(near)),
         auc_reference=auc_ref,
         auc_variant=auc_var,
         auc_diff=None if auc_ref is None else abs(auc_var - auc_ref),
@@ -98,19 +105,39 @@ def compare(
     )
 
 
+class JudgedBy(str, enum.Enum):
+    """Which figure decided a variant's pass or fail (all of them are reported)."""
+
+    MAX_ABS = "max_abs"  # probabilities within the variant's tolerance of fp32
+    AGREEMENT = "agreement"  # int8 beyond the tolerance: decisions and ranking judged
+
+
+def judge(variant: Variant, parity: Parity, bars: ParityBars) -> tuple[list[str], JudgedBy]:
+    """-> (human-readable reasons ``parity`` misses the bar for ``variant``, empty when it
+    passes; the figure that decided)."""
+    if variant is Variant.FP32:
+        return _over(parity, bars.fp32_max_abs), JudgedBy.MAX_ABS
+    if variant is Variant.FP16:
+        return _over(parity, bars.fp16_max_abs), JudgedBy.MAX_ABS
+    if parity.max_abs_diff <= bars.int8_max_abs:
+        return [], JudgedBy.MAX_ABS  # no flip can be more than a coin toss at the threshold
+    beyond = f"max |Δp| {parity.max_abs_diff:.2e} > {bars.int8_max_abs:.0e}"
+    failures = []
+    if parity.agreement < bars.int8_min_agreement:
+        failures.append(f"agreement {parity.agreement:.2%} < {bars.int8_min_agreement:.0%} "
+                        f"({parity.flips} of {parity.n} flipped, {beyond})")
+    if parity.auc_diff is not None and parity.auc_diff > bars.int8_max_auc_diff:
+        failures.append(f"|ΔAUC| {parity.auc_diff:.4f} > {bars.int8_max_auc_diff} ({beyond})")
+    return failures, JudgedBy.AGREEMENT
+
+
+def _over(parity: Parity, bar: float) -> list[str]:
+    return [f"max |Δp| {parity.max_abs_diff:.2e} > {bar:.0e}"] if parity.max_abs_diff > bar else []
+
+
 def bar_failures(variant: Variant, parity: Parity, bars: ParityBars) -> list[str]:
     """Human-readable reasons ``parity`` misses the bar for ``variant`` (empty: it passes)."""
-    failures = []
-    if variant is Variant.FP32 and parity.max_abs_diff > bars.fp32_max_abs:
-        failures.append(f"max |Δp| {parity.max_abs_diff:.2e} > {bars.fp32_max_abs:.0e}")
-    if variant is Variant.FP16 and parity.max_abs_diff > bars.fp16_max_abs:
-        failures.append(f"max |Δp| {parity.max_abs_diff:.2e} > {bars.fp16_max_abs:.0e}")
-    if variant in (Variant.INT8, Variant.INT8_TRT):
-        if parity.agreement < bars.int8_min_agreement:
-            failures.append(f"agreement {parity.agreement:.2%} < {bars.int8_min_agreement:.0%}")
-        if parity.auc_diff is not None and parity.auc_diff > bars.int8_max_auc_diff:
-            failures.append(f"|ΔAUC| {parity.auc_diff:.4f} > {bars.int8_max_auc_diff}")
-    return failures
+    return judge(variant, parity, bars)[0]
 
 
 def worst(a: Parity, b: Parity) -> Parity:

@@ -63,6 +63,23 @@ def cpu_info() -> dict[str, Any]:
     }
 
 
+# The kernels a CPU's matrix units allow, best first: what a figure's "CPU" names beside
+# the model string (a VM often reports only "Intel(R) Xeon(R) Processor").
+_MATRIX_UNITS = (("amx_bf16", "AMX bf16/int8"), ("avx512_bf16", "AVX-512 BF16"),
+                 ("avx512_vnni", "AVX-512 VNNI"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
+
+
+def cpu_label(info: dict[str, Any] | None = None) -> str:
+    """One line naming the CPU a figure was measured on, e.g.
+    ``Intel(R) Xeon(R) Processor (AMX bf16/int8), 2 cores``."""
+    info = info or cpu_info()
+    flags = set(info.get("cpu_flags") or ())
+    units = next((name for flag, name in _MATRIX_UNITS if flag in flags), "")
+    cores = info.get("cores_usable") or info.get("cores_logical")
+    return (f"{info.get('cpu_model') or 'unknown CPU'}" + (f" ({units})" if units else "")
+            + (f", {cores} cores" if cores else ""))
+
+
 def gpu_info() -> dict[str, Any]:
     """The first CUDA device as torch sees it, plus the driver from nvidia-smi."""
     out: dict[str, Any] = {"available": False}

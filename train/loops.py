@@ -140,7 +140,7 @@ def _to_device(batch: dict[str, Any], prec: MixedPrecision):
 
 
 def train_one_epoch(model, loader: Iterable, criterion, optimizer, prec: MixedPrecision, *, scaler=None,
-                    freeze_bn_stats: bool = False,
+                    freeze_bn_stats: bool = False, batch_scheduler=None,
                     on_bad: Callable[[list[str]], None] = lambda bad: None,
                     desc: str = "train", progress: bool = True) -> dict[str, float]:
     from tqdm import tqdm
@@ -168,6 +168,8 @@ def train_one_epoch(model, loader: Iterable, criterion, optimizer, prec: MixedPr
         else:
             loss.backward()
             optimizer.step()
+        if batch_scheduler is not None:  # a per-step schedule (one-cycle)
+            batch_scheduler.step()
         n = len(y)
         total_loss += float(loss.detach()) * n
         correct += int((logits.argmax(1) == y).sum())

@@ -43,6 +43,24 @@ def phase_table(metrics: dict[str, Any], *, ci: bool = False) -> str:
     return "\n".join(lines)
 
 
+def phase_caption(metrics: dict[str, Any]) -> str:
+    """What the "Original Model (Frozen)" column measures, for the table's caption.
+
+    The frozen phase trains only the head on the backbone's features: with ImageNet
+    weights that is the transfer baseline; from random initialisation it is a linear
+    probe of random features (~0.5 accuracy), a floor and not a baseline to beat."""
+    if "frozen" not in metrics["phases"]:
+        return ""
+    pretrained = metrics["spec"]["pretrained"]
+    if pretrained == "none":
+        return ("Original Model (Frozen): the head alone, trained on the backbone's random-initialisation "
+                "features (no pretrained weights were given), so it measures random features: a floor, not a "
+                "baseline. With `--pretrained PATH` (a local ImageNet ResNet50 state dict) this column "
+                "measures ImageNet features instead (not measured by the project: no such file was available offline).")
+    return (f"Original Model (Frozen): the head alone, trained on the features of {pretrained}; the "
+            "backbone is unchanged.")
+
+
 def write_outputs(run_dir: Path, metrics: dict[str, Any], phase_results: dict[str, Any],
                   timings: list[dict[str, Any]]) -> Path:
     run_dir = Path(run_dir)
@@ -80,7 +98,7 @@ def render_report(metrics: dict[str, Any], plots: dict[str, str]) -> str:
         "Point estimate (95% bootstrap CI, "
         f"{cfg['bootstrap']} resamples) at the argmax rule (calibrated P ≥ 0.5); precision, recall and F1 "
         "for the positive class. The last rows use the operating threshold chosen on validation.", "",
-        phase_table(metrics, ci=True), "",
+        phase_table(metrics, ci=True), "", phase_caption(metrics), "",
         "## Operating point (model.pt)", "",
         f"- Temperature (fitted on validation): {spec['temperature']:.4f}",
         f"- Threshold {spec['threshold']:.4f}: {spec['threshold_detail']}",

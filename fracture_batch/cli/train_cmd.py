@@ -9,12 +9,13 @@ from fracture_batch.backends.base import DeviceKind
 from fracture_batch.model.spec import DecodeReduce, ResizeMode, ThresholdMethod
 
 # Enum values spelled out here so `--help` does not import torch/train.
-# The values of train.config's Unfreeze / Imbalance / Loader / AmpDtype, spelled out so --help
+# The values of train.config's Unfreeze / Imbalance / Loader / AmpDtype / LrSchedule, spelled out so --help
 # does not import train (tests/test_cli.py checks they match the enums).
 UNFREEZE = ("layer4", "layer3+", "all")
 IMBALANCE = ("weighted_loss", "sampler", "none")
 LOADERS = ("torch", "dali")
 AMP_DTYPES = ("auto", "bf16", "fp16")
+LR_SCHEDULES = ("step", "cosine", "onecycle")
 
 
 @click.command(context_settings={"show_default": True})
@@ -46,6 +47,10 @@ AMP_DTYPES = ("auto", "bf16", "fp16")
 @click.option("--backbone-lr", type=float, default=1e-4,
               help="Adam learning rate of unfrozen backbone layers (lower than the head's).")
 @click.option("--weight-decay", type=float, default=0.0, help="Adam weight decay.")
+@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default="step",
+              help="Learning rate over each phase: step (StepLR per epoch, --step-size/--gamma), cosine (per "
+                   "epoch, from the set rate down to 1 % of it) or onecycle (per batch: warm up to the set rate "
+                   "over the first 25 %, then anneal).")
 @click.option("--step-size", type=int, default=7, help="StepLR: epochs between learning-rate drops.")
 @click.option("--gamma", type=float, default=0.1, help="StepLR: factor of each drop.")
 @click.option("--patience", type=int, default=3,
@@ -118,11 +123,13 @@ def train(data_dir, out_dir, resume_dir, **opts) -> None:
 
 
 def _echo_summary(result) -> None:
-    from train.report import phase_table
+    from train.report import phase_caption, phase_table
 
     m, spec = result.metrics, result.spec
     click.echo("")
     click.echo(phase_table(m))
+    if phase_caption(m):
+        click.echo(phase_caption(m))
     click.echo("")
     click.echo(f"initialisation: {'random' if spec.pretrained == 'none' else spec.pretrained}; "
                f"temperature {spec.temperature:.3f}; threshold {spec.threshold:.4f} ({spec.threshold_detail})")
