@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from fracture_batch.cli import main
 from fracture_batch.model.spec import ModelSpec
-from fracture_batch.report import metrics
+from fracture_batch.model import metrics
 from fracture_batch.report.evaluate import EvaluateConfig, evaluate_run, format_table
 from fracture_batch.report.labels import CsvLabels, LabelError, LabelSource, folder_label
 from fracture_batch.scoring.config import DecodeIsolation, ScoreConfig

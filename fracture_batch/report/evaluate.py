@@ -20,7 +20,7 @@ import pyarrow.dataset as ds
 
 from fracture_batch.model.spec import ModelSpec
 from fracture_batch.report.labels import CsvLabels, LabelError, LabelSource, folder_label, is_mura_folder
-from fracture_batch.report.metrics import curves, evaluate_predictions
+from fracture_batch.model.metrics import curves, evaluate_predictions
 from fracture_batch.report.plots import write_atomic
 from fracture_batch.scoring import sink, studies
 from fracture_batch.scoring.resume import existing_spec_json
