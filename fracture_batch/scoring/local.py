@@ -52,7 +52,8 @@ def _score(session: Session, on_progress, on_start) -> ScoreSummary:
     engine_cache = cfg.engine_cache_dir or str(out / "_engine_cache")
     predictor = Predictor(
         cfg.model, backend=cfg.backend, device=cfg.device,
-        options=BackendOptions(intra_op_threads=threads.intra_op, amp=cfg.amp, engine_cache_dir=engine_cache),
+        options=BackendOptions(intra_op_threads=threads.intra_op, amp=cfg.amp, engine_cache_dir=engine_cache,
+                               device_id=cfg.device_id, batch_size=cfg.batch_size),
         decode_options=DecodeOptions(max_pixels=cfg.max_pixels, identifiers=cfg.identifiers, uid_salt=cfg.uid_salt),
     )
     index = session.prepare(predictor.model_sha256)

@@ -39,6 +39,8 @@ def create_decoder_factory(cfg, predictor, threads: Threads) -> tuple[str, Calla
         from fracture_batch.decode.workers import DaliDecoder
 
         device = predictor.resolution.device.value
+        if device == "cuda":
+            device = f"cuda:{cfg.device_id}"  # the backend's GPU: the batch stays on that device
         return f"dali ({device})", lambda: DaliDecoder(spec, opts, batch_size=cfg.batch_size, device=device)
     if DecodeIsolation(cfg.decode_isolation) is DecodeIsolation.PROCESS:
         return "python (process-isolated)", lambda: ProcessDecoder(spec, opts, cfg.decode_timeout)
