@@ -146,7 +146,7 @@ def fit(config: TrainConfig, *, resume: bool = False,
             raise FileExistsError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
         config.save(run_dir / "config.json")
     prec = resolve_precision(config.device, config.amp, config.amp_dtype, config.channels_last)
-    prev_det = set_deterministic(prec.device)
+    prev_det = set_deterministic(prec.device, config.deterministic)
     seed_everything(config.seed)
     try:
         weights = resolve_pretrained(config.pretrained if state is None else "none", config.arch)
