@@ -108,8 +108,13 @@ def test_checks_past_the_budget_are_skipped_not_run():
 
 def test_guards_name_the_install_command_here():
     """On this GPU-less machine the GPU guards skip, and say why (and how to fix it)."""
+    import importlib.util
+
     with pytest.raises(acc.Skip, match="no CUDA GPU"):
         acc.need_cuda()
+    if importlib.util.find_spec("tensorrt") is None:  # this machine: both missing, both named
+        with pytest.raises(acc.Skip, match=r"no CUDA GPU.*TensorRT.*not installed; install: pip install 'fracture-batch\[gpu\]'"):
+            acc.need_tensorrt()
 
 
 def test_amp_judge():

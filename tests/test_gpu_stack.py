@@ -55,3 +55,15 @@ def test_nvimgcodec_names_each_missing_codec_and_fixes_are_joined_once():
     assert not codec.ok and codec.detail == "missing: nvJPEG2000"
     # Two parts fixed by the same extra: the command appears once.
     assert fix_command(items) == GPU_EXTRA_COMMAND
+
+
+def test_info_prints_the_stack_and_the_command():
+    from click.testing import CliRunner
+
+    from fracture_batch.cli.info_cmd import info
+    from fracture_batch.gpu_stack import probe
+
+    out = CliRunner().invoke(info, []).output
+    assert "gpu stack (CUDA 13):" in out
+    fix = fix_command(probe())
+    assert (f"add it:  {fix}" in out) if fix else ("complete:" in out)

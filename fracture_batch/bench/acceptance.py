@@ -106,24 +106,38 @@ def need_cuda() -> None:
         raise Skip(why + (f"; {fix}" if (fix := _stack_fix("torch")) else ""))
 
 
+def _cuda_missing() -> list[str]:
+    from fracture_batch.backends import has_cuda
+
+    ok, why = has_cuda()
+    return [] if ok else [why]
+
+
 def need_tensorrt() -> None:
-    need_cuda()
+    """Skip naming everything missing at once: the GPU, and TensorRT with its install command."""
+    missing = _cuda_missing()
+    if fix := _stack_fix("TensorRT"):
+        missing.append(fix)
+    if missing:
+        raise Skip("; ".join(missing))
     from export.tensorrt_build import TensorRTUnavailable, resolve_tensorrt
 
     try:
         resolve_tensorrt()
     except TensorRTUnavailable as exc:
-        raise Skip(_stack_fix("TensorRT") or str(exc)) from None
+        raise Skip(str(exc)) from None
 
 
 def need_ort_provider(name: str) -> None:
     """Skip unless onnxruntime can *load* the provider here (not merely lists it)."""
-    need_cuda()
     from fracture_batch.backends.onnxruntime_backend import ORT_GPU_HINT, provider_status
 
+    missing = _cuda_missing()
     ok, why = provider_status(name)
     if not ok:
-        raise Skip(f"{why}; {ORT_GPU_HINT}")
+        missing.append(f"{why}; {ORT_GPU_HINT}")
+    if missing:
+        raise Skip("; ".join(missing))
 
 
 def need_dali() -> None:

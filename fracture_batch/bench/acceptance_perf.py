@@ -191,6 +191,7 @@ def model_only_images_per_s(engine, batch: int, seconds: float) -> float:
     import torch
 
     x = torch.randn(batch, 3, engine.spec.input_size, engine.spec.input_size, device=engine.device)
+    torch.cuda.current_stream(engine.device).synchronize()  # x is written before the engine's stream reads it
     s = summarize(measure(lambda: engine.run(x), warmup=5, repeats=100_000, min_repeats=5, max_seconds=seconds,
                           sync=engine.stream.synchronize))
     return batch / s.p50
@@ -259,7 +260,8 @@ def run_perf(work: Path, model: Path | None, budget: Budget) -> list[Measurement
 
     art = resolve_artifacts(model, work / "model", arch="resnet50", input_size=224, via_export=True)
     rng = np.random.default_rng(0)
-    ref_x = rng.standard_normal((8, 3, 224, 224), dtype=np.float32)
+    size = art.spec.input_size  # 224 unless --model gave other files
+    ref_x = rng.standard_normal((8, 3, size, size), dtype=np.float32)
     from fracture_batch.model.checkpoint import load_checkpoint
 
     net, _ = load_checkpoint(art.checkpoint)
@@ -269,7 +271,7 @@ def run_perf(work: Path, model: Path | None, budget: Budget) -> list[Measurement
 
     def make_batch(b: int) -> np.ndarray:
         if b not in batches_cache:
-            batches_cache[b] = rng.standard_normal((b, 3, 224, 224), dtype=np.float32)
+            batches_cache[b] = rng.standard_normal((b, 3, size, size), dtype=np.float32)
         return batches_cache[b]
 
     def check(be, bar: float) -> str:
