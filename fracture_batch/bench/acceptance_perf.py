@@ -201,7 +201,7 @@ def model_only_images_per_s(engine, batch: int, seconds: float) -> float:
 def _perf_paths(art, work: Path, skip_type: type) -> list[PerfPath]:
     from fracture_batch.backends import BackendKind, DeviceKind, Resolution, create_backend
     from fracture_batch.backends.base import BackendOptions
-    from fracture_batch.bench import acceptance as acc
+    from fracture_batch.bench import acceptance_common as acc
 
     def torch_path(precision: str, bar: float) -> PerfPath:
         def load(max_batch: int):
@@ -247,7 +247,7 @@ def _perf_paths(art, work: Path, skip_type: type) -> list[PerfPath]:
 
 def run_perf(work: Path, model: Path | None, budget: Budget) -> list[Measurement]:
     """The performance rows (see the module docstring); skipped as a whole without CUDA."""
-    from fracture_batch.bench import acceptance as acc
+    from fracture_batch.bench import acceptance_common as acc
 
     try:
         acc.need_cuda()
