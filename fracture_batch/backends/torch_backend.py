@@ -45,6 +45,9 @@ class TorchBackend:
             from fracture_batch.backends.cuda_streams import create_stream
 
             self.stream = create_stream(options.device_id)
+            # The weights went over on the default stream, which torch's own streams do not wait
+            # for: finish that copy once here, never in predict.
+            torch.cuda.current_stream(self.torch_device).synchronize()
         amp = f", autocast {str(self.amp_dtype).replace('torch.', '')}" if self.amp_dtype else ", fp32"
         self.description = f"torch {torch.__version__} on {self.torch_device}{amp}, threads {torch.get_num_threads()}"
 
