@@ -39,6 +39,7 @@ def gpu(monkeypatch):
         return state[provider]
 
     monkeypatch.setattr(backends, "has_cuda", has_cuda)
+    monkeypatch.setattr(backends, "gpu_present", lambda: True)
     monkeypatch.setattr(ortb, "provider_status", status)
     return types.SimpleNamespace(state=state, calls=calls)
 
@@ -105,10 +106,10 @@ def test_auto_falls_back_to_cpu_with_one_warning_when_the_provider_does_not_load
 
 def test_auto_on_a_cpu_machine_is_quiet(models, monkeypatch, caplog):
     _, onnx_path = models
-    monkeypatch.setattr(backends, "has_cuda", lambda device_id=0: (False, "no CUDA GPU visible to torch"))
+    monkeypatch.setattr(backends, "gpu_present", lambda: False)
     with caplog.at_level(logging.WARNING):
-        r = resolve_backend(onnx_path)
-    assert r.device is DeviceKind.CPU and "no CUDA GPU" in r.reason and not _warnings(caplog)
+        r = resolve_backend(onnx_path)  # the real CPU onnxruntime here: no CUDA provider, no GPU
+    assert r.device is DeviceKind.CPU and "no GPU here" in r.reason and not _warnings(caplog)
 
 
 def test_explicit_cuda_that_cannot_run_is_fatal_here(models, gpu, monkeypatch):
@@ -117,9 +118,8 @@ def test_explicit_cuda_that_cannot_run_is_fatal_here(models, gpu, monkeypatch):
     with pytest.raises(BackendError, match="--device cuda: this onnxruntime build"):
         resolve_backend(onnx_path, device="cuda")
     monkeypatch.setattr(backends, "has_cuda", lambda device_id=0: (False, "no CUDA GPU visible to torch"))
-    for path in (ckpt, onnx_path):
-        with pytest.raises(BackendError, match="--device cuda: no CUDA GPU"):
-            resolve_backend(path, device="cuda")
+    with pytest.raises(BackendError, match="--device cuda: no CUDA GPU"):
+        resolve_backend(ckpt, device="cuda")
 
 
 def test_device_cuda_stops_the_run_before_any_input_is_read(models, tmp_path, monkeypatch):
@@ -137,8 +137,7 @@ def test_device_cuda_stops_the_run_before_any_input_is_read(models, tmp_path, mo
     Image.fromarray(ramp()).save(tmp_path / "in" / "a.png")
     decoded = []
     monkeypatch.setattr(workers, "decode_one", lambda *a, **k: decoded.append(a) or None)
-    monkeypatch.setattr(backends, "has_cuda", lambda device_id=0: (False, "no CUDA GPU visible to torch"))
-    with pytest.raises(BackendError, match="--device cuda"):
+    with pytest.raises(BackendError, match="--device cuda"):  # the real CPU onnxruntime: no CUDA provider
         score(ScoreConfig(inputs=(str(tmp_path / "in"),), model=str(onnx_path), out=str(tmp_path / "out"),
                           device="cuda"))
     assert decoded == [] and not list((tmp_path / "out").rglob("*.parquet"))
@@ -177,7 +176,7 @@ def test_device_id_reaches_the_rule_and_the_providers(models, gpu):
     ckpt, onnx_path = models
     resolve_backend(onnx_path, device_id=1)
     resolve_backend(ckpt, device_id=1)
-    assert ("has_cuda", 1) in gpu.calls and ("CUDAExecutionProvider", 1) in gpu.calls
+    assert ("has_cuda", 1) in gpu.calls and ("CUDAExecutionProvider", 1) in gpu.calls  # torch .pt, onnxruntime .onnx
     assert all(c[1] == 1 for c in gpu.calls)
     gpu.state["TensorrtExecutionProvider"] = (True, "loads")
     profile = ortb.tensorrt_profile("input", 224, 32)

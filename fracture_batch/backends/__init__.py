@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,27 +123,38 @@ def _resolve_device(backend: BackendKind, device: DeviceKind, path: Path,
         return DeviceKind.CUDA, why, path
     if device is DeviceKind.CPU:
         return device, "--device cpu", path
+    if backend is BackendKind.ONNXRUNTIME:
+        return _resolve_onnx_device(device, path, device_id)
     ok, cuda_why = has_cuda(device_id)
     if not ok:
         if device is DeviceKind.CUDA:
             raise BackendError(f"--device cuda: {cuda_why}; use --device cpu or --device auto")
         return DeviceKind.CPU, f"{cuda_why} -> cpu", path  # a CPU machine: nothing to warn about
-    if backend is BackendKind.TORCH:
-        return DeviceKind.CUDA, cuda_why if device is DeviceKind.AUTO else f"--device cuda, {cuda_why}", path
-    return _resolve_onnx_device(device, path, device_id, cuda_why)
+    return DeviceKind.CUDA, cuda_why if device is DeviceKind.AUTO else f"--device cuda, {cuda_why}", path
 
 
-def _resolve_onnx_device(device: DeviceKind, path: Path, device_id: int, cuda_why: str) -> tuple[DeviceKind, str, Path]:
-    """A GPU is present: onnxruntime uses it if its CUDA provider loads, with a GPU file."""
+def gpu_present() -> bool:
+    """An NVIDIA GPU and driver on this machine, asked without importing torch (a CPU
+    onnxruntime run should not pay torch's import and memory to learn it has no GPU)."""
+    try:
+        return bool(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return os.path.exists("/dev/nvidia0")
+
+
+def _resolve_onnx_device(device: DeviceKind, path: Path, device_id: int) -> tuple[DeviceKind, str, Path]:
+    """onnxruntime uses the GPU if its CUDA provider loads there, with a GPU file."""
     from fracture_batch.backends.onnxruntime_backend import ORT_GPU_HINT, provider_status
 
-    ok, why = provider_status("CUDAExecutionProvider", device_id)
+    ok, why = provider_status("CUDAExecutionProvider", device_id)  # cheap when not compiled in
     if not ok:
         if device is DeviceKind.CUDA:
             raise BackendError(f"--device cuda: {why}; {ORT_GPU_HINT}")
-        return (*_fallback(f"a GPU is present ({cuda_why}) but {why}; {ORT_GPU_HINT}"), path)
+        if gpu_present():
+            return (*_fallback(f"a GPU is present but {why}; {ORT_GPU_HINT}"), path)
+        return DeviceKind.CPU, f"no GPU here ({why}) -> cpu", path  # a CPU machine: nothing to warn about
     if onnx_variant(path) != CPU_ONLY_VARIANT:
-        return DeviceKind.CUDA, f"{why}; {cuda_why}", path
+        return DeviceKind.CUDA, why, path
     sibling = gpu_sibling(path)
     if sibling is None:
         msg = (f"{path.name} is the CPU int8 flavour (uint8-asymmetric Q/DQ, which TensorRT and the CUDA "
