@@ -1,9 +1,10 @@
-"""GPU acceptance: every GPU path once on generated data, a pass/fail/skipped table.
+"""GPU acceptance: every installed GPU path, throughput per backend/precision/batch, <= 10 min.
 
     python -m benchmarks.gpu_acceptance [--model EXPORT_DIR] [--out DIR]
 
-Same as ``fracture-batch bench --acceptance``. On a machine without CUDA the GPU rows
-are skipped with the reason and the CPU rows must pass; exit status 1 on any failure.
+Same as ``fracture-batch bench --acceptance`` (fracture_batch/bench/acceptance.py). Writes
+benchmarks/results/acceptance-<gpu>-<time>.json and .md; rows whose packages are missing
+are skipped with the install command; exit status 1 on any failure.
 """
 from benchmarks._cli import run_bench
 

@@ -176,6 +176,8 @@ def _build_tensorrt(report: ExportReport, config: ExportConfig, spec: ModelSpec,
     engine_path = out_dir / f"model.{variant.precision.value}.plan"
     settings = BuildSettings(
         max_batch=config.max_batch,
+        opt_batch=config.opt_batch,
+        device_id=config.device_id,
         workspace_bytes=int(config.workspace_gb * (1 << 30)),
         timing_cache=config.timing_cache,
     )

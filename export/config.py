@@ -79,6 +79,8 @@ class ExportConfig:
     tensorrt: bool = False
     trt_precision: Precision | None = None  # default: the lowest precision exported
     max_batch: int = 32
+    opt_batch: int | None = None  # the batch TensorRT tunes for: the scorer's --batch-size; None: max_batch
+    device_id: int = 0  # the CUDA device the engine is built on
     workspace_gb: float = 4.0
     timing_cache: Path | None = None  # default: one per GPU + TensorRT version in ~/.cache/fracture-batch
     # ORT graph optimisation of the int8 file (quant_pre_process); see quantize.py.
@@ -89,3 +91,5 @@ class ExportConfig:
             raise ValueError("calib_n and parity_n must be >= 1")
         if self.max_batch < 1:
             raise ValueError("max_batch must be >= 1")
+        if self.opt_batch is not None and not 1 <= self.opt_batch <= self.max_batch:
+            raise ValueError(f"--opt-batch {self.opt_batch} must be within 1..--max-batch {self.max_batch}")

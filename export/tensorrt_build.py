@@ -36,9 +36,12 @@ class TensorRTUnavailable(Exception):
 @dataclass(frozen=True)
 class BuildSettings:
     max_batch: int = 32
+    # The batch TensorRT tunes its kernels for: the one the scorer feeds (--batch-size, 32
+    # by default), so full batches get the tuned tactics; None: max_batch.
+    opt_batch: int | None = None
     workspace_bytes: int = 4 << 30
     timing_cache: Path | None = None  # None: default_timing_cache()
-    device_id: int = 0
+    device_id: int = 0  # the CUDA device to build on (the engine runs on that GPU model)
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -75,9 +78,15 @@ def default_timing_cache(gpu: GpuInfo, tensorrt_version: str) -> Path:
     return base / f"tensorrt-timing-{slug}.cache"
 
 
-def optimisation_batches(max_batch: int) -> tuple[int, int, int]:
-    """(min, opt, max): TensorRT tunes kernels for opt, so put it mid-range."""
-    return 1, max(1, (max_batch + 1) // 2), max_batch
+def optimisation_batches(max_batch: int, opt_batch: int | None = None) -> tuple[int, int, int]:
+    """(min, opt, max). TensorRT tunes kernels for opt; the runner feeds full batches of its
+    batch size (only the last one is partial), so opt is that batch, not mid-range."""
+    if max_batch < 1:
+        raise ValueError(f"max batch must be >= 1, got {max_batch}")
+    opt = max_batch if opt_batch is None else opt_batch
+    if not 1 <= opt <= max_batch:
+        raise ValueError(f"opt batch {opt} must be within 1..{max_batch}")
+    return 1, opt, max_batch
 
 
 def build_engine(
@@ -89,7 +98,15 @@ def build_engine(
 ) -> EngineSidecar:
     """Parse ``onnx_path`` into a strongly typed network, build, write the engine and sidecar."""
     trt, gpu = resolve_tensorrt(settings.device_id)
-    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    import torch
+
+    # TensorRT builds (and times tactics) on the current CUDA device: make it the one asked for.
+    with torch.cuda.device(settings.device_id):
+        return _build(trt, gpu, Path(onnx_path), Path(engine_path), spec, precision, settings)
+
+
+def _build(trt, gpu: GpuInfo, onnx_path: Path, engine_path: Path, spec: ModelSpec, precision: str,
+           settings: BuildSettings) -> EngineSidecar:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
@@ -114,7 +131,7 @@ def build_engine(
         cache = config.create_timing_cache(b"")
         config.set_timing_cache(cache, ignore_mismatch=False)
 
-    lo, opt, hi = optimisation_batches(settings.max_batch)
+    lo, opt, hi = optimisation_batches(settings.max_batch, settings.opt_batch)
     s = spec.input_size
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT_NAME, (lo, 3, s, s), (opt, 3, s, s), (hi, 3, s, s))

@@ -72,14 +72,14 @@ def backend_components() -> list[Component]:
         providers = ort.get_available_providers()
         detail = "providers: " + ", ".join(providers)
         if "CUDAExecutionProvider" not in providers:
-            detail += "; no CUDA/TensorRT EP: pip install onnxruntime-gpu (replaces onnxruntime) on a GPU host"
+            detail += "; CPU build: on a GPU, inference runs on the TensorRT and torch backends (README, GPU install)"
         comps.append(Component("onnxruntime", True, ort.__version__, detail))
     except Exception as exc:
         comps.append(Component("onnxruntime", False, "", f"not importable ({exc}); pip install onnxruntime"))
     from fracture_batch.backends.tensorrt_backend import has_tensorrt
 
     ok, why = has_tensorrt()
-    comps.append(Component("tensorrt", ok, _version("tensorrt") if ok else "", why))
+    comps.append(Component("tensorrt", ok, (_version("tensorrt-cu13") or _version("tensorrt")) if ok else "", why))
     from fracture_batch.backends.openvino_backend import cpu_has_bf16, has_openvino
 
     ok, why = has_openvino()
@@ -153,6 +153,15 @@ def other_components() -> list[Component]:
     return comps
 
 
+def gpu_stack_info() -> dict[str, Any]:
+    """The CUDA 13 stack (``gpu_stack``): each part, and the one command adding what is missing."""
+    from fracture_batch.gpu_stack import fix_command, probe
+
+    items = probe()
+    return {"items": [asdict(i) for i in items], "missing": [i.name for i in items if not i.ok],
+            "fix": fix_command(items)}
+
+
 def collect_info() -> dict[str, Any]:
     return {
         "python": platform.python_version(),
@@ -162,4 +171,5 @@ def collect_info() -> dict[str, Any]:
         "backends": [asdict(c) for c in backend_components()],
         "decoders": [asdict(c) for c in decoder_components()],
         "other": [asdict(c) for c in other_components()],
+        "gpu_stack": gpu_stack_info(),
     }

@@ -160,6 +160,11 @@ def test_tensorrt_adapter_contract_with_a_stand_in_engine(monkeypatch):
     fake = types.ModuleType("fracture_batch.backends.tensorrt_engine")
     fake.load_engine = StandIn
     monkeypatch.setitem(sys.modules, "fracture_batch.backends.tensorrt_engine", fake)
+    # Once the real runner was imported (tests of its bindings), the package attribute wins
+    # over sys.modules in `from fracture_batch.backends import tensorrt_engine`: replace both.
+    import fracture_batch.backends as backends_pkg
+
+    monkeypatch.setattr(backends_pkg, "tensorrt_engine", fake, raising=False)
     monkeypatch.setattr(tensorrt_backend, "has_tensorrt", lambda: (True, "tensorrt (stand-in)"))
     b = tensorrt_backend.TensorRTBackend("m.plan", DeviceKind.CUDA, BackendOptions())
     out = b.predict(np.zeros((3, 3, spec.input_size, spec.input_size), np.float32))

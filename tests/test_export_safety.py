@@ -258,7 +258,8 @@ def test_data_dir_without_val_calibrates_on_train_and_checks_on_test(tmp_path):
 def test_engine_profile_and_timing_cache_defaults(tmp_path, monkeypatch):
     from export.tensorrt_build import default_timing_cache, optimisation_batches
 
-    assert optimisation_batches(32) == (1, 16, 32) and optimisation_batches(1) == (1, 1, 1)
+    # opt = the batch the scorer feeds (its default 32 = --max-batch), not mid-range (issue 14).
+    assert optimisation_batches(32) == (1, 32, 32) and optimisation_batches(1) == (1, 1, 1)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     a = default_timing_cache(GpuInfo("NVIDIA L4", "8.9"), "10.13.0.35")
     b = default_timing_cache(GpuInfo("NVIDIA A100-SXM4-40GB", "8.0"), "10.13.0.35")

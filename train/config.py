@@ -88,6 +88,7 @@ class TrainConfig:
     loader: Loader = Loader.TORCH
     num_workers: int = 2
     seed: int = 0
+    deterministic: bool = False  # CUDA: repeatable kernels instead of cudnn.benchmark (CPU always is)
     device: DeviceKind = DeviceKind.AUTO
     amp: bool = True
     amp_dtype: AmpDtype = AmpDtype.AUTO

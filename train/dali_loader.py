@@ -39,7 +39,7 @@ def usable_samples(samples: Sequence[Sample]) -> tuple[list[Sample], list[str]]:
     return good, bad
 
 
-def _pipeline(files: list[str], labels: list[int], spec: ModelSpec, gpu: bool, batch_size: int,
+def _pipeline(files: list[str], labels: list[int], spec: ModelSpec, device_id: int | None, batch_size: int,
               num_threads: int, seed: int):
     from nvidia.dali import pipeline_def
     import nvidia.dali.fn as fn
@@ -48,9 +48,15 @@ def _pipeline(files: list[str], labels: list[int], spec: ModelSpec, gpu: bool, b
 
     s = spec.input_size
 
-    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=0 if gpu else None, seed=seed)
+    gpu = device_id is not None
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed)
     def pipe():
-        data, label = fn.readers.file(files=files, labels=labels, random_shuffle=True, name="reader")
+        # pad_last_batch: the reader's last batch of an epoch is padded (and dropped by the
+        # iterator) instead of running into the next epoch's files, so every epoch sees each
+        # file at most once and starts at an epoch boundary after reset().
+        data, label = fn.readers.file(files=files, labels=labels, random_shuffle=True, pad_last_batch=True,
+                                      name="reader")
         # UINT16 for every file: 16-bit depth kept, 8-bit values scaled by 257 (same [0, 1]).
         img = fn.decoders.image(data, device="mixed" if gpu else "cpu", output_type=types.GRAY,
                                 dtype=types.UINT16)
@@ -72,7 +78,12 @@ def _pipeline(files: list[str], labels: list[int], spec: ModelSpec, gpu: bool, b
 
 
 class DaliTrainLoader:
-    """Iterable of ``{"x", "y", "index", "bad"}`` batches like the PyTorch loader's."""
+    """Iterable of ``{"x", "y", "index", "bad"}`` batches like the PyTorch loader's.
+
+    One DALI iterator for the whole run, built with the pipeline and ``reset()`` at each
+    new epoch (DALI's iterator API: iterating a finished iterator again needs reset; a
+    fresh iterator per epoch over the same pipeline would start on batches the pipeline
+    had already prefetched past the epoch's end)."""
 
     def __init__(self, samples: Sequence[Sample], spec: ModelSpec, *, batch_size: int, seed: int,
                  num_threads: int = 2, device: str = "cpu"):
@@ -84,20 +95,28 @@ class DaliTrainLoader:
         self.samples, self.bad = usable_samples(samples)
         if len(self.samples) < batch_size:
             raise ValueError(f"--loader dali needs at least one full batch ({batch_size}) of readable files")
+        device_id = None
+        if device.startswith("cuda"):
+            device_id = int(device.split(":", 1)[1]) if ":" in device else 0
         self.pipe = _pipeline([str(s.path) for s in self.samples], [s.label for s in self.samples], spec,
-                              device == "cuda", batch_size, num_threads, seed)
+                              device_id, batch_size, num_threads, seed)
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        self._it = DALIGenericIterator([self.pipe], ["x", "y"], reader_name="reader",
+                                       last_batch_policy=LastBatchPolicy.DROP)
+        self.epochs = 0
 
     def __len__(self) -> int:
         return len(self.samples) // self.pipe.max_batch_size
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         import torch
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        it = DALIGenericIterator([self.pipe], ["x", "y"], reader_name="reader",
-                                 last_batch_policy=LastBatchPolicy.DROP)
+        if self.epochs:
+            self._it.reset()
+        self.epochs += 1
         first = True
-        for out in it:
+        for out in self._it:
             batch = out[0]
             y = batch["y"].reshape(-1).long()
             yield {"x": batch["x"], "y": y, "index": torch.full_like(y, -1),

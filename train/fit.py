@@ -123,7 +123,7 @@ def fit(config: TrainConfig, *, resume: bool = False,
     t_start = time.perf_counter()
     run_dir, state = start_run(config, resume)
     prec = resolve_precision(config.device, config.amp, config.amp_dtype, config.channels_last)
-    prev_det = set_deterministic(prec.device)
+    prev_det = set_deterministic(prec.device, config.deterministic)
     seed_everything(config.seed)
     try:
         weights = resolve_pretrained(config.pretrained if state is None else "none", config.arch)

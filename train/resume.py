@@ -27,18 +27,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def set_deterministic(device: str) -> bool:
-    """Deterministic kernels on CPU (bit-identical reruns); -> the previous setting.
+def set_deterministic(device: str, deterministic: bool = False) -> bool:
+    """Reproducibility vs speed for this run; -> the previous deterministic-algorithms setting.
 
-    On CUDA, cuBLAS also needs CUBLAS_WORKSPACE_CONFIG; there we only warn on
-    non-deterministic ops so a GPU run is never stopped by it.
+    CPU: deterministic kernels always (bit-identical reruns; they cost little there).
+    CUDA: by default cuDNN benchmarks the convolution algorithms per shape and keeps the
+    fastest (``cudnn.benchmark``; fixed 224 px batches, so it is measured once), and
+    non-deterministic kernels are allowed. ``deterministic`` (``--deterministic``) asks
+    for repeatable GPU runs instead: deterministic algorithms (warn-only, so an op without
+    a deterministic kernel warns rather than stops the run; cuBLAS also needs
+    CUBLAS_WORKSPACE_CONFIG=:4096:8), ``cudnn.deterministic`` and no benchmarking.
     """
     import torch
 
     prev = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=device != "cpu")
-    if device != "cpu":
-        torch.backends.cudnn.benchmark = False
+    if device == "cpu":
+        torch.use_deterministic_algorithms(True)
+        return prev
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
     return prev
 
 

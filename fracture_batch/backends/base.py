@@ -43,9 +43,11 @@ class BackendError(Exception):
 @dataclass(frozen=True)
 class BackendOptions:
     intra_op_threads: int = 0  # 0: the library default (all cores)
-    amp: bool = False  # torch: bf16 autocast on CPU, fp16 on CUDA
+    amp: bool = False  # torch: bf16 autocast on CPU, fp16 on CUDA (or amp_dtype)
+    amp_dtype: str | None = None  # torch autocast dtype "fp16" | "bf16"; None: the device's default above
     engine_cache_dir: str | None = None  # onnxruntime TensorRT EP engine cache
-    device_id: int = 0
+    device_id: int = 0  # the CUDA device every GPU backend loads, builds and runs on
+    batch_size: int = 32  # the batch the runner feeds: the TensorRT EP's profile (opt = max = this)
     # openvino: arithmetic of non-quantised ops (an InferencePrecision value) and where
     # compiled models are cached (None: ~/.cache/fracture-batch/openvino)
     inference_precision: str = "auto"
@@ -58,6 +60,8 @@ class Backend(Protocol):
     spec: ModelSpec
     description: str  # one line for the summary: library, version, provider, threads
     max_batch: int | None  # None: any batch size
+    # GPU backends also have ``stream``: the torch.cuda.Stream all their work runs on
+    # (backends/cuda_streams.py); callers hand device tensors over onto it.
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """(N, 3, S, S) float32 normalised input -> (N, num_classes) float32 logits."""

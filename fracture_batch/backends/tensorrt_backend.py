@@ -17,7 +17,7 @@ from fracture_batch.backends.base import BackendError, BackendKind, BackendOptio
 
 log = logging.getLogger(__name__)
 
-TENSORRT_INSTALL_HINT = "pip install 'fracture-batch[gpu]'  (tensorrt>=10.12; needs an NVIDIA GPU and driver)"
+TENSORRT_INSTALL_HINT = "pip install 'fracture-batch[gpu]'  (tensorrt-cu13>=10.12; needs an NVIDIA GPU and driver)"
 
 
 def has_tensorrt() -> tuple[bool, str]:
@@ -48,14 +48,15 @@ class TensorRTBackend:
         self.spec = self.engine.spec
         self.device = device
         self.max_batch = getattr(self.engine, "max_batch", None)
+        self.stream = getattr(self.engine, "stream", None)  # the engine's own CUDA stream
         self.description = getattr(self.engine, "description", None) or f"TensorRT engine {Path(model_path).name}"
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         check_input(x, self.spec)
         # A torch CUDA batch (DALI mixed) goes in as is; the engine binds it without a copy.
         out = self.engine.run(x if hasattr(x, "is_cuda") else np.ascontiguousarray(x, dtype=np.float32))
-        if hasattr(out, "detach"):  # a torch CUDA tensor from the engine's output buffer
-            out = out.detach().float().cpu().numpy()
+        if hasattr(out, "detach"):  # a torch CUDA tensor on the engine's stream
+            out = self.engine.to_host(out) if hasattr(self.engine, "to_host") else out.detach().float().cpu().numpy()
         return np.asarray(out, dtype=np.float32)
 
     def close(self) -> None:

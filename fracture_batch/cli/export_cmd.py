@@ -49,7 +49,12 @@ def _parse_precisions(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--trt-precision", type=click.Choice(PRECISIONS),
               help="ONNX variant the engine is built from. Default: the lowest precision exported.")
 @click.option("--max-batch", default=32, show_default=True, type=click.IntRange(min=1),
-              help="Largest batch of the engine's optimisation profile (profile: 1..B, tuned for B/2).")
+              help="Largest batch of the engine's optimisation profile (profile: 1..B).")
+@click.option("--opt-batch", default=None, type=click.IntRange(min=1),
+              help="Batch the engine's kernels are tuned for: the --batch-size you score with "
+                   "(fracture-batch score's default, 32). Default: --max-batch.")
+@click.option("--device-id", default=0, show_default=True, type=click.IntRange(min=0),
+              help="CUDA device to build the TensorRT engine on.")
 @click.option("--workspace-gb", default=4.0, show_default=True, type=click.FloatRange(min=0.25),
               help="TensorRT builder workspace memory limit.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path),
@@ -60,7 +65,7 @@ def _parse_precisions(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
               help="Batch size for calibration and parity runs.")
 def export(checkpoint, out_dir, precisions, data_dir, calib_dir, calib_n, parity_n, tensorrt, trt_precision,
-           max_batch, workspace_gb, timing_cache, opset, batch_size) -> None:
+           max_batch, opt_batch, device_id, workspace_gb, timing_cache, opset, batch_size) -> None:
     """Export CHECKPOINT (model.pt) to ONNX fp32/fp16/int8, each checked against torch on held-out images."""
     from export import ExportConfig, ParityError, Precision, export_model
     from export.images import ImageSourceError
@@ -82,6 +87,8 @@ def export(checkpoint, out_dir, precisions, data_dir, calib_dir, calib_n, parity
         tensorrt=tensorrt,
         trt_precision=Precision(trt_precision) if trt_precision else None,
         max_batch=max_batch,
+        opt_batch=opt_batch,
+        device_id=device_id,
         workspace_gb=workspace_gb,
         timing_cache=timing_cache,
     )

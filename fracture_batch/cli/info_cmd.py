@@ -31,3 +31,11 @@ def info(as_json: bool) -> None:
         for c in report[section]:
             mark = "yes" if c["available"] else "NO "
             click.echo(f"  {mark} {c['name']:<12} {c['version']:<12} {c['detail']}")
+    stack = report["gpu_stack"]
+    click.echo("\ngpu stack (CUDA 13):")
+    for item in stack["items"]:
+        click.echo(f"  {'yes' if item['ok'] else 'NO '} {item['name']:<52} {item['detail']}")
+    if stack["fix"]:
+        click.echo(f"missing: {', '.join(stack['missing'])}\nadd it:  {stack['fix']}")
+    else:
+        click.echo("complete: every GPU path can run where a CUDA GPU is present")

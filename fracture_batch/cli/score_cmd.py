@@ -29,7 +29,10 @@ def _choice(enum_cls) -> click.Choice:
                    "an .onnx on the CPU the faster of onnxruntime and OpenVINO (a short probe, cached) among "
                    "those within their recorded parity bar. openvino: pip install 'fracture-batch[openvino]'.")
 @click.option("--device", type=_choice(DeviceKind), default="auto",
-              help="auto: CUDA when a GPU and a CUDA-capable backend are present, else CPU.")
+              help="auto: CUDA when a GPU is present and the backend can use it (else CPU, with a warning "
+                   "saying why when a GPU is there); cuda: fail at once, before reading any input, if it cannot.")
+@click.option("--device-id", type=click.IntRange(0), default=0, show_default=True,
+              help="CUDA device for the backend and the DALI decoders.")
 @click.option("--decoder", type=_choice(DecoderKind), default="auto",
               help="Decoder family. auto: DALI on a GPU, the Python decoders (PIL/pydicom) on CPU. "
                    "nvimgcodec: DICOM decoded on the device by nvImageCodec + torch (JPEG, JPEG 2000, HTJ2K; "
@@ -95,7 +98,7 @@ def _choice(enum_cls) -> click.Choice:
               help="--engine ray: GPUs each actor reserves (0: CPU actors; 0.5: two actors share a GPU).")
 @click.option("--cpus-per-worker", type=click.FloatRange(min=0.0, min_open=True), default=1.0,
               help="--engine ray: CPUs each actor reserves (also its inference threads).")
-def score(inputs, model, out, backend, device, decoder, batch_size, decode_workers, intra_op_threads,
+def score(inputs, model, out, backend, device, device_id, decoder, batch_size, decode_workers, intra_op_threads,
           decode_isolation, decode_timeout, part_rows, part_seconds, resume, overwrite, max_pixels, decode_reduce, dicom_ids,
           uid_salt, amp, inference_precision, openvino_cache, engine_cache, study_key, study_aggregate, progress, engine, address, workers, gpus_per_worker, cpus_per_worker):
     """Score every file under INPUTS (directories or files, walked recursively) into --out.
@@ -113,7 +116,7 @@ def score(inputs, model, out, backend, device, decoder, batch_size, decode_worke
 
     cfg = ScoreConfig(
         inputs=tuple(inputs), model=model, out=out, backend=BackendKind(backend), device=DeviceKind(device),
-        decoder=decoder, batch_size=batch_size, decode_workers=decode_workers, intra_op_threads=intra_op_threads,
+        device_id=device_id, decoder=decoder, batch_size=batch_size, decode_workers=decode_workers, intra_op_threads=intra_op_threads,
         decode_isolation=DecodeIsolation(decode_isolation), decode_timeout=decode_timeout, part_rows=part_rows,
         part_seconds=part_seconds, resume=resume, overwrite=overwrite, max_pixels=max_pixels,
         identifiers=dicom_ids, uid_salt=uid_salt, decode_reduce=decode_reduce, amp=amp, engine_cache_dir=engine_cache,

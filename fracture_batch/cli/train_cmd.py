@@ -68,6 +68,9 @@ LR_SCHEDULES = ("step", "cosine", "onecycle")
                    "scorer's preprocessing.")
 @click.option("--num-workers", type=int, default=2, help="Data-loader worker processes that decode images.")
 @click.option("--seed", type=int, default=0, help="Seed: two CPU runs with the same seed give identical metrics.json.")
+@click.option("--deterministic/--no-deterministic", default=False,
+              help="CUDA: deterministic kernels (repeatable GPU runs) instead of cudnn.benchmark's fastest "
+                   "ones. CPU runs are always deterministic.")
 @click.option("--device", type=click.Choice([d.value for d in DeviceKind]), default=DeviceKind.AUTO.value,
               help="auto picks CUDA when available.")
 @click.option("--amp/--no-amp", default=True, help="Mixed precision (autocast): bf16 on CPU, bf16/fp16 on CUDA.")

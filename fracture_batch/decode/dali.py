@@ -75,6 +75,7 @@ class PreprocessedBatch:
     seconds: float = 0.0
     fallbacks: int = 0  # files DALI rejected in a batch and the Python path decoded
     counts: dict[str, int] = field(default_factory=dict)
+    ready: Any = None  # device="cuda": torch.cuda.Event recorded on the preprocessor's stream after the batch
 
 
 def _resize_normalise(img, spec: ModelSpec, scale: float, roi_start=None, roi_end=None):
@@ -214,6 +215,14 @@ class DaliPreprocessor:
         self.gpu = device.startswith("cuda")
         self.device_id = (int(device.split(":")[1]) if ":" in device else 0) if self.gpu else None
         self._pipes: dict[str, Any] = {}
+        # On a GPU every copy out of DALI and the batch assembly run on this preprocessor's own
+        # stream (one per decode thread), never the legacy default stream; the batch carries an
+        # event recorded there, which the consumer's stream waits for (backends/cuda_streams.py).
+        self._stream = None
+        if self.gpu:
+            import torch
+
+            self._stream = torch.cuda.Stream(device=f"cuda:{self.device_id}")
 
     # ---- pipelines ----------------------------------------------------------------------
     def _pipe(self, kind: str):
@@ -254,8 +263,10 @@ class DaliPreprocessor:
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
         s = self.spec.input_size
-        part = torch.empty((len(tl), 3, s, s), dtype=torch.float32, device=f"cuda:{self.device_id}")
-        feed_ndarray(tl.as_tensor(), part, cuda_stream=torch.cuda.current_stream(device=part.device))
+        with torch.cuda.device(self._stream.device), torch.cuda.stream(self._stream):
+            part = torch.empty((len(tl), 3, s, s), dtype=torch.float32, device=f"cuda:{self.device_id}")
+            # Enqueued on our stream, after DALI's own work on its output (copy_to_external).
+            feed_ndarray(tl.as_tensor(), part, cuda_stream=self._stream)
         return part  # filled device-to-device, never through host memory
 
     def _drop(self, kind: str) -> None:
@@ -305,7 +316,8 @@ class DaliPreprocessor:
                         errors[one[0]], infos[one[0]] = f"resize/normalise failed: {str(exc).splitlines()[0]}", None
         counts = {"dali_decoded": len(routes[ENCODED8]) + len(routes[ENCODED16]) - fallbacks,
                   "python_decoded": len(routes[RAW]), "errors": sum(e is not None for e in errors)}
-        return PreprocessedBatch(self._assemble(n, results), errors, infos, time.perf_counter() - t0, fallbacks, counts)
+        tensors, ready = self._assemble(n, results)
+        return PreprocessedBatch(tensors, errors, infos, time.perf_counter() - t0, fallbacks, counts, ready)
 
     def _chunks(self, entries: list) -> list[list]:
         return [entries[k : k + self.batch_size] for k in range(0, len(entries), self.batch_size)]
@@ -354,13 +366,16 @@ class DaliPreprocessor:
             out = np.zeros((n, 3, s, s), np.float32)
             for idx, part in results:
                 out[idx] = part
-            return out
+            return out, None
         import torch
 
-        out = torch.zeros((n, 3, s, s), dtype=torch.float32, device=f"cuda:{self.device_id}")
-        for idx, part in results:
-            out[torch.as_tensor(idx, device=out.device)] = part
-        return out
+        with torch.cuda.device(self._stream.device), torch.cuda.stream(self._stream):
+            out = torch.zeros((n, 3, s, s), dtype=torch.float32, device=f"cuda:{self.device_id}")
+            for idx, part in results:
+                out[torch.as_tensor(idx, device=out.device)] = part
+            ready = torch.cuda.Event()
+            ready.record(self._stream)
+        return out, ready
 
 
 def measure_throughput(paths: Sequence[Path], spec: ModelSpec, *, repeats: int = 3, batch_size: int = 16, num_threads: int = 1) -> dict[str, float]:

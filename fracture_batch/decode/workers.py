@@ -40,6 +40,9 @@ class DecodeResult:
     error: str | None = None
     info: dict[str, Any] = field(default_factory=dict)  # row columns: format, width, ..., dicom_*
     decode_path: str = ""  # how it was decoded, counted in _SUCCESS (device, cpu:<why>, ...)
+    # A CUDA tensor's torch.cuda.Event, recorded on the producer's stream once it is written
+    # (DALI mixed); the consumer waits for it on its own stream (backends.cuda_streams).
+    ready: Any = None
 
 
 @dataclass(frozen=True)
@@ -260,7 +263,7 @@ class DaliDecoder:
                 extra = _info(info, per_file_ms) if info is not None else {"decode_ms": per_file_ms}
                 # On a GPU the slice stays a torch CUDA tensor: no host round trip.
                 tensor = None if err else batch.tensors[j]
-                results[i] = DecodeResult(files[i], tensor, err, extra)
+                results[i] = DecodeResult(files[i], tensor, err, extra, ready=batch.ready)
         return results  # type: ignore[return-value]
 
     def close(self) -> None:

@@ -50,6 +50,7 @@ class ScoreConfig:
     out: str
     backend: BackendKind = BackendKind.AUTO
     device: DeviceKind = DeviceKind.AUTO
+    device_id: int = 0  # the CUDA device the backend and the DALI decoders use
     decoder: DecoderKind = DecoderKind.AUTO
     batch_size: int = 32
     decode_workers: int = 0  # 0: resolve_threads decides

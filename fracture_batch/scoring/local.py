@@ -54,7 +54,8 @@ def _score(session: Session, on_progress, on_start) -> ScoreSummary:
         cfg.model, backend=cfg.backend, device=cfg.device,
         options=BackendOptions(intra_op_threads=threads.intra_op, amp=cfg.amp, engine_cache_dir=engine_cache,
                                inference_precision=cfg.inference_precision,
-                               openvino_cache_dir=cfg.openvino_cache_dir),
+                               openvino_cache_dir=cfg.openvino_cache_dir,
+                               device_id=cfg.device_id, batch_size=cfg.batch_size),
         decode_options=DecodeOptions(max_pixels=cfg.max_pixels, identifiers=cfg.identifiers, uid_salt=cfg.uid_salt,
                                      decode_reduce=cfg.decode_reduce),
     )

@@ -40,6 +40,8 @@ def create_decoder_factory(cfg, predictor, threads: Threads) -> tuple[str, Calla
         from fracture_batch.decode.workers import DaliDecoder
 
         device = predictor.resolution.device.value
+        if device == "cuda":
+            device = f"cuda:{cfg.device_id}"  # the backend's GPU: the batch stays on that device
         return f"dali ({device})", lambda: DaliDecoder(spec, opts, batch_size=cfg.batch_size, device=device)
     if kind is DecoderKind.NVIMGCODEC:
         from fracture_batch.decode.workers import NvImageCodecDecoder

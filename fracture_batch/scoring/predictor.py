@@ -44,8 +44,10 @@ class Predictor:
         options: BackendOptions = BackendOptions(),
         decode_options: DecodeOptions = DecodeOptions(),
     ):
-        self.model_path = Path(model_path).absolute()
-        self.resolution = resolve_backend(self.model_path, backend, device, threads=options.intra_op_threads)
+        self.resolution = resolve_backend(Path(model_path).absolute(), backend, device,
+                                          threads=options.intra_op_threads, device_id=options.device_id)
+        # The file actually scored: the one given, or its GPU sibling (backends' auto rule).
+        self.model_path = Path(self.resolution.model_path or model_path).absolute()
         log.info("backend: %s on %s (%s)", self.resolution.backend.value, self.resolution.device.value,
                  self.resolution.reason)
         self.backend = create_backend(self.model_path, self.resolution, options)
@@ -74,7 +76,9 @@ class Predictor:
         rows: list[dict[str, Any] | None] = [None] * len(results)
         if ok:
             t0 = time.perf_counter()
-            probs, labels = self.predict_array(_stack([results[i].tensor for i in ok]))
+            batch = _stack([results[i].tensor for i in ok], [results[i].ready for i in ok],
+                           getattr(self.backend, "stream", None))
+            probs, labels = self.predict_array(batch)
             per_image_ms = (time.perf_counter() - t0) * 1000.0 / len(ok)
             for j, i in enumerate(ok):
                 r = results[i]
@@ -99,12 +103,23 @@ class Predictor:
         self.backend.close()
 
 
-def _stack(tensors: list):
-    if hasattr(tensors[0], "is_cuda"):  # torch CUDA slices from DALI mixed: stay on the device
-        import torch
+def _stack(tensors: list, ready: list, stream):
+    """One batch. Device slices (DALI mixed) stay on the device: made on the decoder's stream,
+    they are handed over to the backend's stream with their events (backends.cuda_streams)
+    and stacked there, so decode of the next batch and this inference overlap."""
+    if not getattr(tensors[0], "is_cuda", False):
+        return np.stack(tensors)
+    import torch
 
+    if stream is None:  # a CPU backend: the host copy waits for the producer's events
+        for ev in {id(e): e for e in ready if e is not None}.values():
+            ev.synchronize()
+        return torch.stack(tensors).cpu().numpy()
+    from fracture_batch.backends.cuda_streams import adopt, on_stream
+
+    with on_stream(stream):
+        adopt(stream, tensors, ready)
         return torch.stack(tensors)
-    return np.stack(tensors)
 
 
 def _input_file(path: str, relpath: str) -> InputFile:
