@@ -123,17 +123,16 @@ class OpenVinoBackend:
             raise BackendError(f"OpenVINO cannot load {path}: {exc}") from None
         self.device = DeviceKind.CPU
         self.requests = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-        self.queue = ov.AsyncInferQueue(self.compiled, self.requests)
-        self.queue.set_callback(self._collect)
-        self._results: dict[int, np.ndarray] = {}
+        # Plain infer requests, one per stream, waited on in turn: no Python callback runs on
+        # OpenVINO's threads, so none of them ever waits for the GIL. (With AsyncInferQueue's
+        # callback, destroying the compiled model joined executor threads while holding the
+        # GIL and hung once another pybind11 module, nvImageCodec, was loaded.)
+        self.infer_requests = [self.compiled.create_infer_request() for _ in range(self.requests)]
         streams = self.compiled.get_property("NUM_STREAMS")
         threads = self.compiled.get_property("INFERENCE_NUM_THREADS")
         self.description = (f"openvino {ov.__version__.split('-')[0]} CPU, {self.precision.value} inference precision"
                             f"{' (int8 Q/DQ file)' if self.int8 else ''}, {streams} stream(s), "
                             f"{threads} thread(s), cache {self.cache_dir}")
-
-    def _collect(self, request, index: int) -> None:
-        self._results[index] = np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         check_input(x, self.spec)
@@ -144,12 +143,15 @@ class OpenVinoBackend:
         # (>= 8 images) for the conv kernels to keep their efficiency.
         parts = min(self.requests, max(1, len(x) // 8))
         chunks = np.array_split(x, parts)
-        self._results.clear()
-        for i, chunk in enumerate(chunks):
-            self.queue.start_async({0: np.ascontiguousarray(chunk)}, i)
-        self.queue.wait_all()
-        return np.concatenate([self._results[i] for i in range(len(chunks))])
+        running = self.infer_requests[:len(chunks)]
+        for request, chunk in zip(running, chunks):
+            request.start_async({0: np.ascontiguousarray(chunk)})
+        out = []
+        for request in running:
+            request.wait()
+            out.append(np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True))
+        return np.concatenate(out)
 
     def close(self) -> None:
-        self.queue = None
+        self.infer_requests = []
         self.compiled = None
