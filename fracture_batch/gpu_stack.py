@@ -13,7 +13,6 @@ reads this environment. Imports nothing from the package.
 """
 from __future__ import annotations
 
-import importlib.metadata
 from dataclasses import dataclass
 
 GPU_EXTRA_COMMAND = "pip install 'fracture-batch[gpu]'"
@@ -106,12 +105,9 @@ def fix_command(items: list[StackItem]) -> str:
 
 
 def probe() -> list[StackItem]:
-    versions = {}
-    for name in DISTRIBUTIONS:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
+    from fracture_batch.machine import package_versions
+
+    versions = package_versions(DISTRIBUTIONS)
     try:
         import torch
 
