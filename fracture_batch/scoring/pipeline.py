@@ -9,11 +9,11 @@ and the failure is raised in the caller's thread.
 from __future__ import annotations
 
 import json
-from collections import Counter
 import logging
 import queue
 import threading
 import time
+from collections import Counter
 from typing import Any, Callable, Iterable, Iterator
 
 from fracture_batch.decode.workers import DecodeResult, ProcessDecoder, PythonDecoder
@@ -165,7 +165,7 @@ class Stages:
                         break
                     batch.append(nxt)
                 for r in decoder.decode(batch):
-                    if getattr(r, "decode_path", ""):
+                    if r.decode_path:
                         with self._paths_lock:
                             self.decode_paths[r.decode_path] += 1
                     self._put(self.decoded_q, r)
