@@ -16,7 +16,7 @@ from fracture_batch.model.spec import ModelSpec  # noqa: E402
 from support.train_helpers import make_dataset  # noqa: E402
 from train import data as D  # noqa: E402
 from train.calibration import choose_threshold, fit_temperature, nll  # noqa: E402
-from train.config import (AmpDtype, DEMO_TRAIN_CONFIG, DeviceKind, ThresholdMethod, TrainConfig,  # noqa: E402
+from train.config import (AmpDtype, DEMO_TRAIN_CONFIG, DeviceKind, LrSchedule, ThresholdMethod, TrainConfig,  # noqa: E402
                           Unfreeze, demo_train_config)
 from train.loops import EarlyStopping, resolve_precision, set_trainable, train_mode  # noqa: E402
 from train.metrics import binary_metrics, bootstrap_ci  # noqa: E402
@@ -37,6 +37,14 @@ def test_config_rejects_nonsense():
         TrainConfig(data_dir=Path("."), out_dir=Path("."), frozen_epochs=0, epochs=0)
     with pytest.raises(ValueError, match="target_sensitivity"):
         TrainConfig(data_dir=Path("."), out_dir=Path("."), target_sensitivity=1.5)
+
+
+def test_mode_strings_become_their_enums_so_the_chosen_branch_runs():
+    # A plain string once reached `is LrSchedule.COSINE` and silently trained with StepLR.
+    cfg = DEMO_TRAIN_CONFIG.replace(lr_schedule="cosine", unfreeze="layer4")
+    assert cfg.lr_schedule is LrSchedule.COSINE and cfg.unfreeze is Unfreeze.LAYER4
+    with pytest.raises(ValueError, match="LrSchedule"):
+        DEMO_TRAIN_CONFIG.replace(lr_schedule="warmup")
 
 
 def test_demo_config_is_resnet50_and_points_at_given_dirs():

@@ -56,6 +56,14 @@ class Loader(str, enum.Enum):
     DALI = "dali"  # NVIDIA DALI: GPU decode + augmentation on CUDA (CPU operators otherwise)
 
 
+# TrainConfig's mode fields and their Enums (the value strings are what config.json holds).
+_ENUM_FIELDS: dict[str, type[enum.Enum]] = {
+    "resize_mode": ResizeMode, "decode_reduce": DecodeReduce, "unfreeze": Unfreeze, "imbalance": Imbalance,
+    "threshold_rule": ThresholdMethod, "device": DeviceKind, "amp_dtype": AmpDtype, "loader": Loader,
+    "lr_schedule": LrSchedule,
+}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     data_dir: Path
@@ -106,6 +114,13 @@ class TrainConfig:
     max_minutes: float = 0.0
 
     def __post_init__(self) -> None:
+        # Mode fields accept their Enum's value too (``replace(lr_schedule="cosine")``): an
+        # unconverted string would fail every ``is LrSchedule.COSINE`` test and silently
+        # train with the fallback branch. An unknown value raises here instead.
+        for name, kind in _ENUM_FIELDS.items():
+            value = getattr(self, name)
+            if not isinstance(value, kind):
+                object.__setattr__(self, name, kind(value))
         if self.frozen_epochs < 0 or self.epochs < 0 or self.frozen_epochs + self.epochs == 0:
             raise ValueError("need at least one epoch (frozen_epochs + epochs > 0)")
         if self.image_size < 32:
@@ -129,16 +144,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
-        types = {f.name: f.type for f in dataclasses.fields(cls)}
-        enums = {"resize_mode": ResizeMode, "decode_reduce": DecodeReduce, "unfreeze": Unfreeze, "imbalance": Imbalance,
-                 "threshold_rule": ThresholdMethod, "device": DeviceKind, "amp_dtype": AmpDtype,
-                 "loader": Loader, "lr_schedule": LrSchedule}
-        kw: dict[str, Any] = {}
-        for k, v in d.items():
-            if k not in types:
-                continue
-            kw[k] = enums[k](v) if k in enums else Path(v) if k in ("data_dir", "out_dir") else v
-        return cls(**kw)
+        names = {f.name for f in dataclasses.fields(cls)}
+        # Enum fields are converted by __post_init__; paths here.
+        return cls(**{k: Path(v) if k in ("data_dir", "out_dir") else v for k, v in d.items() if k in names})
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
