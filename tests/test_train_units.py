@@ -238,6 +238,25 @@ def test_bench_train_measures_one_precision_and_renders_table():
     assert "| bf16 | resnet18 | 32 | 4 |" in markdown({"machine": {}, "rows": [row]})
 
 
+def test_bench_train_splits_one_step_by_onednn_primitive():
+    from fracture_batch.bench.train_bench import markdown, parse_onednn_verbose, primitives
+
+    lines = ["onednn_verbose,v1,primitive,exec,cpu,convolution,brgconv_bwd_w:avx10_1_512_amx,backward_weights,"
+             "src:bf16,alg:convolution_direct,mb32_ic512oc512,22.5",
+             "onednn_verbose,v1,primitive,exec,cpu,convolution,brgconv_bwd_w:avx10_1_512_amx,backward_weights,x,1.5",
+             "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core,forward_training,x,2.0",
+             "onednn_verbose,v1,primitive,create:cache_miss,cpu,convolution,jit,forward_training,x,9.0",
+             "unrelated output"]
+    g = parse_onednn_verbose(lines)
+    assert g["convolution/backward_weights"] == {"ms": 24.0, "calls": 2, "impls": ["brgconv_bwd_w:avx10_1_512_amx"]}
+    assert g["convolution/forward"]["ms"] == 2.0 and len(g) == 2  # the create line is not an execution
+    # The real thing on a tiny model: oneDNN runs the convolutions, in every direction.
+    p = primitives("resnet18", 32, 2, 1)
+    assert {"convolution/forward", "convolution/backward_data", "convolution/backward_weights"} <= set(p["groups"])
+    assert all(v["ms"] > 0 for v in p["groups"].values()) and p["step_s"] > 0
+    assert "| after | 32 | 2 |" in markdown({"machine": {}, "rows": [], "primitives": [{"variant": "after", **p}]})
+
+
 def test_no_augment_trains_on_the_scorers_preprocessing(tiny_data, tmp_path):
     from train.fit import prepare_data
 

@@ -26,11 +26,13 @@ from pathlib import Path
 
 PRECISIONS = ("fp32", "bf16")
 # Epoch variants: name -> (input px, batch size, loader workers). "before" is the demo recipe
-# as issue 16 found it; "after" (None) is train.config.DEMO_TRAIN_CONFIG now.
+# as issue 16 found it, "80 px, batch 32" its first fix; "after" (None) is
+# train.config.DEMO_TRAIN_CONFIG now.
 # The demo's data set size (fracture_batch/cli/demo_cmd.py DEMO_N_IMAGES; the CLI sits above
 # this layer): an epoch's seconds are extrapolated to its splits.
 DEMO_IMAGES = 2860
-EPOCH_VARIANTS: dict[str, tuple[int, int, int] | None] = {"before": (112, 32, 2), "after": None}
+EPOCH_VARIANTS: dict[str, tuple[int, int, int] | None] = {"before": (112, 32, 2), "80 px, batch 32": (80, 32, 0),
+                                                         "after": None}
 
 
 def forward_flops(arch: str, size: int) -> float:
@@ -92,6 +94,75 @@ def one(arch: str, size: int, batch: int, precision: str, warmup: int, repeats: 
             "image_size": size, "batch_size": batch, "threads": torch.get_num_threads(),
             "repeats": s.n, "step_p50_s": s.p50, "step_p95_s": s.p95, "step_min_s": s.min,
             "images_per_s": throughput(batch, s), "cpu_s_per_image": cpu_per_step / batch}
+
+
+def primitives(arch: str, size: int, batch: int, threads: int | None) -> dict:
+    """Child: one bf16 training step under oneDNN's verbose log -> milliseconds, GFLOP/s and
+    implementations per convolution direction and for reorders: where backward's time goes,
+    and proof of which ISA (AMX or not) ran each kernel."""
+    import ctypes
+    import os
+    import tempfile
+
+    import torch
+
+    prec, model, opt = _model_and_optimizer(arch, "bf16", threads)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 2, (batch,))
+
+    def step() -> None:
+        with prec.autocast():
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    t = time.perf_counter()
+    step()
+    step_s = time.perf_counter() - t
+    # oneDNN prints through C stdio on descriptor 1: point it at a file for one step, and
+    # flush C's buffer before restoring it.
+    with tempfile.TemporaryFile(mode="w+") as log:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(log.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                step()
+        finally:
+            ctypes.CDLL(None).fflush(None)
+            os.dup2(saved, 1)
+            os.close(saved)
+        log.seek(0)
+        groups = parse_onednn_verbose(log.read().splitlines())
+    fwd = forward_flops(arch, size) * batch
+    for name, g in groups.items():
+        # Each convolution direction does about the forward's FLOPs (backward-data skips
+        # the stem, ~3 % at 80 px); reorders and the rest have no FLOP count.
+        g["gflops"] = fwd / (g["ms"] / 1e3) / 1e9 if name.startswith("convolution") else None
+    return {"arch": arch, "image_size": size, "batch_size": batch, "threads": torch.get_num_threads(),
+            "step_s": step_s, "groups": groups}
+
+
+def parse_onednn_verbose(lines: list[str]) -> dict[str, dict]:
+    """oneDNN ``exec`` lines -> {"convolution/backward_weights": {"ms", "calls", "impls"}, ...}."""
+    out: dict[str, dict] = {}
+    for line in lines:
+        f = line.split(",")
+        if not f[0].startswith("onednn_verbose") or "exec" not in f[:5]:
+            continue
+        i = f.index("exec")
+        kind, impl, prop = f[i + 2], f[i + 3], f[i + 4]
+        if kind == "convolution":
+            prop = "forward" if prop.startswith("forward") else prop
+        g = out.setdefault(kind if kind != "convolution" else f"{kind}/{prop}", {"ms": 0.0, "calls": 0, "impls": []})
+        g["ms"] += float(f[-1])
+        g["calls"] += 1
+        if impl not in g["impls"]:
+            g["impls"].append(impl)
+    return out
 
 
 def ceiling(threads: int | None, n: int = 2048) -> dict:
@@ -209,6 +280,11 @@ def run(args: argparse.Namespace) -> dict:
                                                workers=workers, max_batches=args.epoch_batches,
                                                threads=threads)))
             print(f"epoch {name}: {epochs[-1]['train_images_per_s']:.1f} images/s", file=sys.stderr)
+    prims = []
+    if args.primitives:
+        for name, (size, batch, _) in _epoch_variants().items():
+            prims.append({"variant": name, **_child("primitives", dict(arch=args.arch, size=size, batch=batch,
+                                                                       threads=threads))})
     fwd = forward_flops(args.arch, args.image_size)
     for r in rows:
         r["train_gflop_per_image"] = 3 * fwd / 1e9
@@ -222,7 +298,7 @@ def run(args: argparse.Namespace) -> dict:
         e["achieved_gflops"] = e["train_images_per_s"] * f
         e["fraction_of_bf16_ceiling"] = e["achieved_gflops"] / ceil["gflops"]
     return {"suite": "train_cpu_amp", "machine": machine, "cpu": cpu_label(machine), "ceiling": ceil,
-            "rows": rows, "epochs": epochs, "load_average_end": load_average()}
+            "rows": rows, "epochs": epochs, "primitives": prims, "load_average_end": load_average()}
 
 
 def markdown(result: dict) -> str:
@@ -268,7 +344,28 @@ def markdown(result: dict) -> str:
                          f"| {e['train_images_per_s']:.1f} | {e['fraction_of_bf16_ceiling']:.1%} "
                          f"| {e['eval_images_per_s']:.1f} | {1e3 * e['cache_fill_s_per_image']:.1f} "
                          f"| {e['demo_epoch_s']:.0f} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _primitives_markdown(result.get("primitives") or [])) + "\n"
+
+
+def _primitives_markdown(prims: list[dict]) -> list[str]:
+    if not prims:
+        return []
+    cols = ("convolution/forward", "convolution/backward_data", "convolution/backward_weights")
+    lines = ["", "One bf16 step under `ONEDNN_VERBOSE` (random batch): oneDNN milliseconds per step and "
+             "GFLOP/s per convolution direction (each does about the forward's FLOPs), the weight and "
+             "activation reorders, and the rest of the step (batch norm, ReLU, adds, the Adam step: ATen "
+             "kernels).", "",
+             "| variant | px | batch | step ms | conv forward | backward-data | backward-weights | reorders "
+             "| rest | kernels |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for p in prims:
+        g = p["groups"]
+        cells = [f"{g[c]['ms']:.0f} ms ({g[c]['gflops']:.0f} GFLOP/s)" if c in g else "-" for c in cols]
+        onednn = sum(v["ms"] for v in g.values())
+        impls = sorted({i.split(":", 1)[-1] for c in cols if c in g for i in g[c]["impls"]})
+        lines.append(f"| {p['variant']} | {p['image_size']} | {p['batch_size']} | {1e3 * p['step_s']:.0f} "
+                     f"| {' | '.join(cells)} | {g.get('reorder', {}).get('ms', 0):.0f} ms "
+                     f"| {1e3 * p['step_s'] - onednn:.0f} ms | {', '.join(impls)} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -285,12 +382,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epoch-images", type=int, default=600, help="synthetic images of the epoch data set")
     ap.add_argument("--workdir", type=Path, default=Path("bench_cache"), help="where the epoch data set is kept")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    ap.add_argument("--no-primitives", dest="primitives", action="store_false",
+                    help="skip the per-primitive oneDNN breakdown of one step per epoch variant")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--child", nargs=2, metavar=("KIND", "JSON"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         kind, kwargs = args.child[0], json.loads(args.child[1])
-        fn = {"step": one, "ceiling": ceiling, "epoch": epoch}[kind]
+        fn = {"step": one, "ceiling": ceiling, "epoch": epoch, "primitives": primitives}[kind]
         print(json.dumps(fn(**kwargs)))
         return
     result = run(args)
