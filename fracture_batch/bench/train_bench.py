@@ -261,9 +261,12 @@ def ensure_data(workdir: Path, n: int) -> Path:
 
 def run(args: argparse.Namespace) -> dict:
     from fracture_batch.machine import cpu_label, describe_machine, load_average
+    from train.config import DEMO_TRAIN_CONFIG
 
     machine = describe_machine()
     threads = args.threads
+    args.image_size = args.image_size or DEMO_TRAIN_CONFIG.image_size
+    args.batch_size = args.batch_size or DEMO_TRAIN_CONFIG.batch_size
     ceil = _child("ceiling", {"threads": threads})
     print(f"bf16 GEMM ceiling: {ceil['gflops']:.0f} GFLOP/s", file=sys.stderr)
     rows = []
@@ -371,8 +374,8 @@ def _primitives_markdown(prims: list[dict]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="resnet50")
-    ap.add_argument("--image-size", type=int, default=112, help="step rows (the demo trains at 112)")
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--image-size", type=int, default=None, help="step rows (default: the demo recipe's)")
+    ap.add_argument("--batch-size", type=int, default=None, help="step rows (default: the demo recipe's)")
     ap.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     ap.add_argument("--repeats", type=int, default=10, help="timed steps (at most)")
