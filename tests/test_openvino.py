@@ -71,6 +71,24 @@ def test_compiled_model_cache_is_written_to_the_cache_dir(models, tmp_path):
     assert str(cache) in again.description
 
 
+@needs_openvino
+def test_submitted_batches_run_in_flight_and_come_back_as_predict_gives(models, batch, tmp_path):
+    _, onnx_path = models
+    be = ovb.OpenVinoBackend(onnx_path, DeviceKind.CPU,
+                             BackendOptions(inference_precision="f32", openvino_cache_dir=str(tmp_path)))
+    ref = [be.predict(batch[:12]), be.predict(batch[12:])]
+    first, second = be.submit(batch[:12]), be.submit(batch[12:])  # both in flight at once
+    # collected newest first: each keeps its own outputs (same requests, same kernels: identical)
+    assert np.array_equal(second.result(), ref[1]) and np.array_equal(first.result(), ref[0])
+    # More submits than IN_FLIGHT without collecting: a reused slot's batch is collected
+    # before its requests run again, so no result is overwritten.
+    jobs = [be.submit(batch[:12] if i % 2 == 0 else batch[12:]) for i in range(ovb.IN_FLIGHT + 3)]
+    for i, job in enumerate(jobs):
+        assert np.array_equal(job.result(), ref[i % 2])
+    assert be.submit(batch[:0]).result().shape == (0, 2)
+    be.close()
+
+
 def test_default_cache_dir_is_under_the_user_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert ovb.default_cache_dir() == tmp_path / "fracture-batch" / "openvino"
