@@ -89,6 +89,39 @@ def test_submitted_batches_run_in_flight_and_come_back_as_predict_gives(models, 
     be.close()
 
 
+def test_model_bench_times_a_submitting_backend_with_a_batch_in_flight():
+    """The model-only bench drives a backend with ``submit`` as the runner does (the next batch
+    submitted before the previous is collected), so its rate is the one the runner can reach."""
+    from fracture_batch.bench.model_bench import _timed_call
+    from fracture_batch.bench.records import Measurement
+
+    log = []
+
+    class Job:
+        def __init__(self, n):
+            self.n = n
+
+        def result(self):
+            log.append(("collect", self.n))
+
+    class Submitting:
+        n = 0
+
+        def submit(self, x):
+            self.n += 1
+            log.append(("submit", self.n))
+            return Job(self.n)
+
+    row = Measurement("model", "x", "openvino", "int8")
+    step = _timed_call(Submitting(), np.zeros((2, 3, 8, 8), np.float32), row)
+    for _ in range(3):
+        step()
+    # one batch ahead from the start; each call submits one and collects the one before it
+    assert log == [("submit", 1), ("submit", 2), ("collect", 1), ("submit", 3), ("collect", 2),
+                   ("submit", 4), ("collect", 3)]
+    assert "in flight" in row.note
+
+
 def test_default_cache_dir_is_under_the_user_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert ovb.default_cache_dir() == tmp_path / "fracture-batch" / "openvino"

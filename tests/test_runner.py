@@ -248,6 +248,20 @@ def test_thread_defaults_share_the_cores():
     assert resolve_threads(decode_workers=1, intra_op=1, cores=8) == runner.resolve_threads(1, 1)
 
 
+class FakeDecoder:
+    """Decodes nothing: every file becomes a tiny tensor, so a test measures the stages alone."""
+
+    batch_size = 1
+
+    def decode(self, files):
+        from fracture_batch.decode.workers import DecodeResult
+
+        return [DecodeResult(f, np.zeros((3, 8, 8), np.float32)) for f in files]
+
+    def close(self):
+        pass
+
+
 def test_stage_memory_is_flat_in_the_number_of_files():
     """Peak traced allocations for 10x more files stay the same: bounded queues, no per-file state.
 
@@ -256,19 +270,7 @@ def test_stage_memory_is_flat_in_the_number_of_files():
     """
     import tracemalloc
 
-    import numpy as np
-
-    from fracture_batch.decode.workers import DecodeResult
     from fracture_batch.scoring.pipeline import Stages
-
-    class FakeDecoder:
-        batch_size = 1
-
-        def decode(self, files):
-            return [DecodeResult(f, np.zeros((3, 8, 8), np.float32)) for f in files]
-
-        def close(self):
-            pass
 
     def peak(n: int) -> int:
         files = (InputFile(f"/data/{i:08d}.png", f"{i:08d}.png", 100) for i in range(n))
@@ -291,19 +293,7 @@ def test_stage_memory_is_flat_in_the_number_of_files():
 def test_inference_stage_starts_the_next_batch_before_collecting_this_one():
     """With ``submit`` (Predictor.submit_results; OpenVINO runs batches in the background)
     batch N + 1 is started before batch N is collected, and the rows still arrive in order."""
-    import numpy as np
-
-    from fracture_batch.decode.workers import DecodeResult
     from fracture_batch.scoring.pipeline import Stages
-
-    class FakeDecoder:
-        batch_size = 1
-
-        def decode(self, files):
-            return [DecodeResult(f, np.zeros((3, 8, 8), np.float32)) for f in files]
-
-        def close(self):
-            pass
 
     events, written = [], []
 
