@@ -165,7 +165,10 @@ class OpenVinoBackend:
     def close(self) -> None:
         for job in self._slot_jobs:
             if job is not None:
-                job.result()  # no request may still run when the compiled model goes
+                try:
+                    job.result()  # no request may still run when the compiled model goes
+                except Exception:  # its failure was (or will be) reported by its owner
+                    log.debug("OpenVINO batch failed while closing", exc_info=True)
         self._slots, self._slot_jobs = [], []
         self.compiled = None
 
