@@ -17,12 +17,14 @@ if __name__ == "__main__":
     p.add_argument("warmup", nargs="?")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--thread-variant", action="store_true", help="also score with --decode-isolation thread")
+    p.add_argument("--one-worker-variant", action="store_true", help="also score with --decode-workers 1")
     p.add_argument("--out", default="bench_results")
     a = p.parse_args()
     from fracture_batch.machine import cpu_info
 
     variants = DEFAULT_VARIANTS + ((Variant("score/openvino/int8 (decode threads)", decode_isolation="thread"),)
                                    if a.thread_variant else ())
+    variants += (Variant("score/openvino/int8 (1 decode worker)", decode_workers=1),) if a.one_worker_variant else ()
     load0, t0 = os.getloadavg(), time.strftime("%H:%M:%S", time.gmtime())
     result = alternate_rounds(corpus=a.corpus, model=a.model, warmup=a.warmup, rounds=a.rounds, variants=variants)
     result.update(cpu=cpu_info().get("cpu_model", platform.processor()), load_before=load0,

@@ -30,6 +30,7 @@ class Variant:
     name: str  # shown in the table
     batch_size: int = 32
     decode_isolation: str = "process"
+    decode_workers: int = 0  # 0: the runner's default (scoring/threads.py)
 
 
 DEFAULT_VARIANTS = (Variant("score/openvino/int8"),)
@@ -46,7 +47,8 @@ def _one(variant: Variant | None, corpus: str, warmup: str | None, model: str) -
         rows = run_isolated("fracture_batch.bench.e2e_bench:run_score_config",
                             dict(corpus_dir=corpus, model_path=model, backend="openvino", precision="int8",
                                  batch_size=variant.batch_size, repeats=1, warmup_dir=warmup,
-                                 decode_isolation=variant.decode_isolation),
+                                 decode_isolation=variant.decode_isolation,
+                                 decode_workers=variant.decode_workers),
                             label=label, timeout_s=1800)
     row = rows[0]
     row.name = label.name
