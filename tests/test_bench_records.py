@@ -73,3 +73,28 @@ def test_isolated_child_returns_rows_and_failure_becomes_error_row():
     bad = run_isolated("fracture_batch.bench.ceilings:numpy_gemm", {"no_such_arg": 1}, label=label,
                        timeout_s=120)
     assert bad[0].status == "error" and "no_such_arg" in bad[0].note
+
+
+def test_cpu_peer_rounds_give_same_run_ratios_and_their_median(monkeypatch, tmp_path):
+    """Each round's ratio uses that round's peer run only (the VM's speed drifts between rounds)."""
+    from fracture_batch.bench import cpu_peer
+
+    rates = iter([100.0, 90.0, 200.0, 220.0, 150.0, 150.0])  # peer, score per round: 0.9, 1.1, 1.0
+
+    def fake_one(variant, corpus, warmup, model):
+        name = "plain/pil+openvino/int8" if variant is None else variant.name
+        return Measurement("e2e", name, "x", "int8", images_per_s=next(rates),
+                           extra={"cpu_ms_per_image_main": 10.0, "cpu_ms_per_image_decode_children": 5.0})
+
+    monkeypatch.setattr(cpu_peer, "_one", fake_one)
+    # stage costs: ours 5 + 15 core-ms, plain 5 + 15 with its own decode 5: 2 cores -> 100 images/s
+    costs = {"decode_core_ms_ours": 5.0, "decode_core_ms_plain": 5.0, "infer_core_ms": 15.0,
+             "infer_images_per_s": 133.0}
+    monkeypatch.setattr(cpu_peer, "_costs", lambda corpus, model: costs)
+    monkeypatch.setattr("fracture_batch.machine.cpu_count", lambda: 2)
+    result = cpu_peer.alternate_rounds(corpus="c", model="m", rounds=3)
+    assert [round(x, 6) for x in result["ratio_vs_plain_per_round"]["score/openvino/int8"]] == [0.9, 1.1, 1.0]
+    assert abs(result["median_ratio_vs_plain"]["score/openvino/int8"] - 1.0) < 1e-9
+    assert [round(x, 6) for x in result["of_bound_per_round"]["score/openvino/int8"]] == [0.9, 2.2, 1.5]
+    cpu_peer.write_report(result, tmp_path, "# t")
+    assert "| score/openvino/int8 / plain (same round) | 0.90, 1.10, 1.00 | 1.00 |" in (tmp_path / "cpu_peer.md").read_text()

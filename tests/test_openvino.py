@@ -71,6 +71,57 @@ def test_compiled_model_cache_is_written_to_the_cache_dir(models, tmp_path):
     assert str(cache) in again.description
 
 
+@needs_openvino
+def test_submitted_batches_run_in_flight_and_come_back_as_predict_gives(models, batch, tmp_path):
+    _, onnx_path = models
+    be = ovb.OpenVinoBackend(onnx_path, DeviceKind.CPU,
+                             BackendOptions(inference_precision="f32", openvino_cache_dir=str(tmp_path)))
+    ref = [be.predict(batch[:12]), be.predict(batch[12:])]
+    first, second = be.submit(batch[:12]), be.submit(batch[12:])  # both in flight at once
+    # collected newest first: each keeps its own outputs (same requests, same kernels: identical)
+    assert np.array_equal(second.result(), ref[1]) and np.array_equal(first.result(), ref[0])
+    # More submits than IN_FLIGHT without collecting: a reused slot's batch is collected
+    # before its requests run again, so no result is overwritten.
+    jobs = [be.submit(batch[:12] if i % 2 == 0 else batch[12:]) for i in range(ovb.IN_FLIGHT + 3)]
+    for i, job in enumerate(jobs):
+        assert np.array_equal(job.result(), ref[i % 2])
+    assert be.submit(batch[:0]).result().shape == (0, 2)
+    be.close()
+
+
+def test_model_bench_times_a_submitting_backend_with_a_batch_in_flight():
+    """The model-only bench drives a backend with ``submit`` as the runner does (the next batch
+    submitted before the previous is collected), so its rate is the one the runner can reach."""
+    from fracture_batch.bench.model_bench import _timed_call
+    from fracture_batch.bench.records import Measurement
+
+    log = []
+
+    class Job:
+        def __init__(self, n):
+            self.n = n
+
+        def result(self):
+            log.append(("collect", self.n))
+
+    class Submitting:
+        n = 0
+
+        def submit(self, x):
+            self.n += 1
+            log.append(("submit", self.n))
+            return Job(self.n)
+
+    row = Measurement("model", "x", "openvino", "int8")
+    step = _timed_call(Submitting(), np.zeros((2, 3, 8, 8), np.float32), row)
+    for _ in range(3):
+        step()
+    # one batch ahead from the start; each call submits one and collects the one before it
+    assert log == [("submit", 1), ("submit", 2), ("collect", 1), ("submit", 3), ("collect", 2),
+                   ("submit", 4), ("collect", 3)]
+    assert "in flight" in row.note
+
+
 def test_default_cache_dir_is_under_the_user_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert ovb.default_cache_dir() == tmp_path / "fracture-batch" / "openvino"

@@ -7,10 +7,12 @@ hint; ``InferencePrecision`` decides the arithmetic of everything else (``bf16``
 where the CPU has AMX or AVX512-BF16; ``auto`` = bf16 for a fp32 file there, f32 for an
 int8 file, measured as fast as bf16 for the few non-quantised ops).
 
-Throughput: the THROUGHPUT hint makes one stream per core group, and ``predict`` splits a
-batch over an ``AsyncInferQueue`` with one request per stream, so the streams run in
-parallel. The compiled model is cached (``CACHE_DIR``), so a second start-up skips
-compilation (README figures: ~1 s compile -> ~0.1 s load for ResNet50 int8).
+Throughput: the THROUGHPUT hint makes one stream per core group, and ``submit`` splits a
+batch over one infer request per stream, so the streams run in parallel; the local runner
+submits the next batch before collecting this one (``IN_FLIGHT``), so a stream that
+finishes its chunk starts on the next batch instead of waiting for Python. The compiled
+model is cached (``CACHE_DIR``), so a second start-up skips compilation (README figures:
+~1 s compile -> ~0.1 s load for ResNet50 int8).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 OPENVINO_INSTALL_HINT = "pip install 'fracture-batch[openvino]'"
 # Flags under which OpenVINO's CPU plugin has native bf16 kernels (else it emulates).
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+IN_FLIGHT = 2  # batches a runner may have submitted and not yet collected (OpenVinoBackend.submit)
 
 
 class InferencePrecision(str, enum.Enum):
@@ -123,11 +126,17 @@ class OpenVinoBackend:
             raise BackendError(f"OpenVINO cannot load {path}: {exc}") from None
         self.device = DeviceKind.CPU
         self.requests = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-        # Plain infer requests, one per stream, waited on in turn: no Python callback runs on
-        # OpenVINO's threads, so none of them ever waits for the GIL. (With AsyncInferQueue's
-        # callback, destroying the compiled model joined executor threads while holding the
-        # GIL and hung once another pybind11 module, nvImageCodec, was loaded.)
-        self.infer_requests = [self.compiled.create_infer_request() for _ in range(self.requests)]
+        # Plain infer requests, one per stream and batch in flight, started and waited on
+        # from the caller's thread: no Python callback runs on OpenVINO's threads, so none of
+        # them ever waits for the GIL. (With AsyncInferQueue's callback, destroying the
+        # compiled model joined executor threads while holding the GIL and hung once another
+        # pybind11 module, nvImageCodec, was loaded.) ``IN_FLIGHT`` sets of requests let the
+        # runner submit batch N + 1 before it collects batch N, so the streams never wait
+        # for the Python side between batches (``submit``).
+        self._slots = [[self.compiled.create_infer_request() for _ in range(self.requests)]
+                       for _ in range(IN_FLIGHT)]
+        self._slot_jobs: list[_Job | None] = [None] * IN_FLIGHT
+        self._next_slot = 0
         streams = self.compiled.get_property("NUM_STREAMS")
         threads = self.compiled.get_property("INFERENCE_NUM_THREADS")
         self.description = (f"openvino {ov.__version__.split('-')[0]} CPU, {self.precision.value} inference precision"
@@ -135,23 +144,54 @@ class OpenVinoBackend:
                             f"{threads} thread(s), cache {self.cache_dir}")
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.submit(x).result()
+
+    def submit(self, x: np.ndarray) -> "_Job":
+        """Start inference on a batch and return at once; ``.result()`` waits for its logits.
+
+        At most ``IN_FLIGHT`` batches run at a time: a submit that needs a slot whose batch
+        is not collected yet collects it first (its result is kept for its owner)."""
         check_input(x, self.spec)
         x = to_numpy(x)
-        if len(x) == 0:
-            return np.empty((0, self.spec.num_classes), np.float32)
-        # One chunk per request so every stream has work; each chunk stays large enough
-        # (>= 8 images) for the conv kernels to keep their efficiency.
-        parts = min(self.requests, max(1, len(x) // 8))
-        chunks = np.array_split(x, parts)
-        running = self.infer_requests[:len(chunks)]
-        for request, chunk in zip(running, chunks):
-            request.start_async({0: np.ascontiguousarray(chunk)})
-        out = []
-        for request in running:
-            request.wait()
-            out.append(np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True))
-        return np.concatenate(out)
+        slot = self._next_slot
+        self._next_slot = (slot + 1) % IN_FLIGHT
+        previous = self._slot_jobs[slot]
+        if previous is not None:
+            previous.result()  # its outputs are copied out before the requests are reused
+        job = _Job(self._slots[slot], x, self.spec.num_classes)
+        self._slot_jobs[slot] = job
+        return job
 
     def close(self) -> None:
-        self.infer_requests = []
+        for job in self._slot_jobs:
+            if job is not None:
+                try:
+                    job.result()  # no request may still run when the compiled model goes
+                except Exception:  # its failure was (or will be) reported by its owner
+                    log.debug("OpenVINO batch failed while closing", exc_info=True)
+        self._slots, self._slot_jobs = [], []
         self.compiled = None
+
+
+class _Job:
+    """One batch split over a set of infer requests (one chunk per stream, each >= 8 images
+    so the conv kernels keep their efficiency), started at construction."""
+
+    def __init__(self, requests: list, x: np.ndarray, num_classes: int):
+        self._logits: np.ndarray | None = None
+        if len(x) == 0:
+            self._logits, self._running = np.empty((0, num_classes), np.float32), []
+            return
+        chunks = np.array_split(x, min(len(requests), max(1, len(x) // 8)))
+        self._running = requests[:len(chunks)]
+        for request, chunk in zip(self._running, chunks):
+            request.start_async({0: np.ascontiguousarray(chunk)})
+
+    def result(self) -> np.ndarray:
+        if self._logits is None:
+            out = []
+            for request in self._running:
+                request.wait()
+                out.append(np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True))
+            self._logits, self._running = np.concatenate(out), []
+        return self._logits

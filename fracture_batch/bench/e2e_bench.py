@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 
 def run_score_config(*, corpus_dir: str, model_path: str, backend: str, precision: str, batch_size: int,
-                     repeats: int, warmup_dir: str | None = None, decoder: str = "auto") -> list[Measurement]:
+                     repeats: int, warmup_dir: str | None = None, decoder: str = "auto",
+                     decode_isolation: str = "process", decode_workers: int = 0) -> list[Measurement]:
     from fracture_batch.scoring.local import ScoreConfig, score
 
     cpu: list[tuple[float, float]] = []  # per timed run: (this process, decode children) CPU s
@@ -36,7 +37,8 @@ def run_score_config(*, corpus_dir: str, model_path: str, backend: str, precisio
         out = tempfile.mkdtemp(prefix="fb-bench-score-")
         try:
             cfg = ScoreConfig(inputs=(inputs,), model=model_path, out=out, backend=backend, device="cpu",
-                              decoder=decoder, batch_size=batch_size, overwrite=True, amp=precision == "bf16")
+                              decoder=decoder, batch_size=batch_size, overwrite=True, amp=precision == "bf16",
+                              decode_isolation=decode_isolation, decode_workers=decode_workers)
             self0, kids0 = _cpu_seconds()
             t0 = time.perf_counter()
             summary = score(cfg)

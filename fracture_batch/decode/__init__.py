@@ -108,17 +108,25 @@ def decode_for_model(
     identifiers: IdentifierMode = IdentifierMode.HASH,
     uid_salt: str = "",
     reduce: bool | None = None,
+    normalize: bool = True,
 ) -> tuple[np.ndarray, Decoded]:
     """(3, S, S) float32 model input and the file's metadata (``pixels`` left empty).
 
     ``reduce``: None follows the spec's rule (``spec.decode_reduce``), False decodes every
     pixel whatever the spec says (parity checks against full decodes), True applies the
-    rule even where the spec turns it off."""
-    from fracture_batch.model.preprocess import to_model_input
+    rule even where the spec turns it off. ``normalize=False``: the (S, S) resized gray
+    in [0, 1] instead, one third of the bytes (what a decode child sends its parent);
+    ``model.preprocess.normalize_gray`` of it is the model input, bit for bit."""
+    from fracture_batch.model.preprocess import resize_gray, to_model_input
 
     decoded = decode_gray(path, spec, max_pixels=max_pixels, identifiers=identifiers, uid_salt=uid_salt,
                           reduce=reduce)
-    tensor = to_model_input(decoded.pixels, spec, decoded.geometry)
+    if normalize:
+        tensor = to_model_input(decoded.pixels, spec, decoded.geometry)
+    else:
+        if decoded.pixels.ndim != 2:
+            raise ValueError(f"expected a 2-D gray image, got shape {decoded.pixels.shape}")
+        tensor = resize_gray(decoded.pixels, spec, decoded.geometry)
     return tensor, replace(decoded, pixels=np.empty((0, 0), np.float32))
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from fracture_batch.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_for_model
 from fracture_batch.decode.types import IdentifierMode, InputFile, dicom_columns
+from fracture_batch.model.preprocess import normalize_gray
 from fracture_batch.model.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -56,15 +57,17 @@ class DecodeOptions:
         object.__setattr__(self, "identifiers", IdentifierMode(self.identifiers))
 
 
-def decode_one(file: InputFile, spec: ModelSpec, opts: DecodeOptions) -> DecodeResult:
-    """Decode and preprocess one file; every failure becomes a DecodeResult with an error."""
+def decode_one(file: InputFile, spec: ModelSpec, opts: DecodeOptions, *, normalize: bool = True) -> DecodeResult:
+    """Decode and preprocess one file; every failure becomes a DecodeResult with an error.
+    ``normalize=False``: the tensor is the (S, S) resized gray (``decode_for_model``)."""
     if file.error:
         return DecodeResult(file, None, file.error)
     t0 = time.perf_counter()
     try:
         tensor, decoded = decode_for_model(file.path, spec, max_pixels=opts.max_pixels,
                                            identifiers=IdentifierMode(opts.identifiers), uid_salt=opts.uid_salt,
-                                           reduce=False if opts.decode_reduce == "off" else None)
+                                           reduce=False if opts.decode_reduce == "off" else None,
+                                           normalize=normalize)
     except DecodeError as exc:
         return DecodeResult(file, None, str(exc), {"decode_ms": _ms(t0)})
     except MemoryError:
@@ -119,20 +122,64 @@ def _child_entry() -> None:
             return
         if file is None:
             return
-        tx.send(decode_one(InputFile(*file), spec, options))
+        # The resized gray, not the (3, S, S) normalised tensor: a third of the bytes to
+        # pickle, pipe and unpickle (the parent normalises; ProcessDecoder._receive).
+        tx.send(decode_one(InputFile(*file), spec, options, normalize=False))
 
 
 _STARTUP_TIMEOUT_S = 120.0
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # the folder holding fracture_batch/
 
 
+@dataclass
+class DecodeChild:
+    """A decode child process that has been started and is importing its decoders; it
+    learns the spec and options from the ``ProcessDecoder`` that adopts it."""
+
+    proc: subprocess.Popen
+    tx: Any  # multiprocessing.connection.Connection to the child
+    rx: Any  # and back
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.tx.close()
+        self.rx.close()
+
+
+def spawn_decode_child() -> DecodeChild:
+    """Start a fresh interpreter for ``_child_entry`` (not fork: the parent runs
+    onnxruntime/OpenVINO/torch threads, and forking a multi-threaded process can deadlock the
+    child; not multiprocessing's spawn either: that re-imports the caller's ``__main__``,
+    which breaks scripts without an ``if __name__ == "__main__"`` guard). Returns at once:
+    the interpreter start and imports (~0.15 CPU-s) run while the caller does other work."""
+    from multiprocessing.connection import Connection
+
+    to_child_r, to_child_w = os.pipe()
+    from_child_r, from_child_w = os.pipe()
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from fracture_batch.decode.workers import _child_entry; _child_entry()",
+             str(to_child_r), str(from_child_w)],
+            pass_fds=(to_child_r, from_child_w), env=env, stdin=subprocess.DEVNULL,
+        )
+    except BaseException:
+        for fd in (to_child_w, from_child_r):
+            os.close(fd)
+        raise
+    finally:
+        os.close(to_child_r)
+        os.close(from_child_w)
+    return DecodeChild(proc, Connection(to_child_w, readable=False), Connection(from_child_r, writable=False))
+
+
 class ProcessDecoder:
     """One child process decoding for one worker thread, killed and restarted on timeout.
 
-    The child is a fresh interpreter started with ``subprocess`` (not fork: the parent
-    runs onnxruntime/torch threads, and forking a multi-threaded process can deadlock
-    the child; not multiprocessing's spawn either: that re-imports the caller's
-    ``__main__``, which breaks scripts without an ``if __name__ == "__main__"`` guard).
+    ``child``: one already started by ``spawn_decode_child`` (the local runner starts them
+    while the model loads), used for the first start; restarts spawn their own.
     """
 
     # Files in flight per child: it decodes the next one while this thread receives the
@@ -140,31 +187,20 @@ class ProcessDecoder:
     # end to end, int8, 2 cores: small, but free). Few, so the paths never fill the pipe.
     batch_size = 4
 
-    def __init__(self, spec: ModelSpec, opts: DecodeOptions, timeout_s: float):
+    def __init__(self, spec: ModelSpec, opts: DecodeOptions, timeout_s: float, child: DecodeChild | None = None):
         self.spec, self.opts, self.timeout_s = spec, opts, timeout_s
         self._proc: subprocess.Popen | None = None
         self._tx = self._rx = None
+        self._spare = child
         self.restarts = 0
 
     def _start(self) -> None:
-        from multiprocessing.connection import Connection
-
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
-        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
+        child, self._spare = self._spare or spawn_decode_child(), None
+        self._proc, self._tx, self._rx = child.proc, child.tx, child.rx
         try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-c", "from fracture_batch.decode.workers import _child_entry; _child_entry()",
-                 str(to_child_r), str(from_child_w)],
-                pass_fds=(to_child_r, from_child_w), env=env, stdin=subprocess.DEVNULL,
-            )
-        finally:
-            os.close(to_child_r)
-            os.close(from_child_w)
-        self._tx = Connection(to_child_w, readable=False)
-        self._rx = Connection(from_child_r, writable=False)
-        self._tx.send((self.spec.to_json(), dataclasses.asdict(self.opts)))
+            self._tx.send((self.spec.to_json(), dataclasses.asdict(self.opts)))
+        except OSError:
+            pass  # the child died already: the ready check below says so
         # Start-up (interpreter + numpy/PIL/pydicom imports) must not count against a file.
         try:
             ready = self._rx.poll(_STARTUP_TIMEOUT_S) and self._rx.recv() == "ready"
@@ -201,7 +237,10 @@ class ProcessDecoder:
         t0 = time.perf_counter()
         try:
             if self._rx.poll(self.timeout_s):
-                return self._rx.recv()
+                result = self._rx.recv()
+                if result.tensor is not None:  # the child sent the resized gray (_child_entry)
+                    result.tensor = normalize_gray(result.tensor, self.spec).astype(np.float32, copy=False)
+                return result
             msg = (f"decoding took longer than --decode-timeout={self.timeout_s:g}s; "
                    "skipped (the file may be pathological, or raise the timeout)")
         except (EOFError, OSError):
@@ -221,6 +260,9 @@ class ProcessDecoder:
         self._proc = self._tx = self._rx = None
 
     def close(self) -> None:
+        if self._spare is not None:  # never used (no file reached this worker)
+            self._spare.kill()
+            self._spare = None
         if self._proc is not None and self._proc.poll() is None:
             try:
                 self._tx.send(None)

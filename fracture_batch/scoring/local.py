@@ -21,7 +21,7 @@ from fracture_batch.decode.workers import DecodeOptions
 from fracture_batch.scoring import sink
 from fracture_batch.scoring.config import ScoreAborted, ScoreConfig, ScoreSummary
 from fracture_batch.scoring.discover import DiscoveryStats
-from fracture_batch.scoring.pipeline import Stages, create_decoder_factory, run_info
+from fracture_batch.scoring.pipeline import Stages, create_decoder_factory, run_info, spawn_decode_children
 from fracture_batch.scoring.predictor import Predictor
 from fracture_batch.scoring.rows import rows_to_table, schema
 from fracture_batch.scoring.session import Counts, Session, open_session
@@ -49,6 +49,16 @@ def score(
 def _score(session: Session, on_progress, on_start) -> ScoreSummary:
     cfg, out = session.cfg, session.out
     threads = resolve_threads(cfg.decode_workers, cfg.intra_op_threads)
+    children = spawn_decode_children(cfg, threads)  # they start up while the model loads
+    try:
+        return _run(session, threads, children, on_progress, on_start)
+    finally:
+        for child in children:  # not adopted by a decoder (e.g. the run chose DALI, or failed)
+            child.kill()
+
+
+def _run(session: Session, threads, children: list, on_progress, on_start) -> ScoreSummary:
+    cfg, out = session.cfg, session.out
     engine_cache = cfg.engine_cache_dir or str(out / "_engine_cache")
     predictor = Predictor(
         cfg.model, backend=cfg.backend, device=cfg.device,
@@ -60,7 +70,7 @@ def _score(session: Session, on_progress, on_start) -> ScoreSummary:
                                      decode_reduce=cfg.decode_reduce),
     )
     index = session.prepare(predictor.model_sha256)
-    decoder_name, make_decoder = create_decoder_factory(cfg, predictor, threads)
+    decoder_name, make_decoder = create_decoder_factory(cfg, predictor, threads, children)
     summary = session.new_summary(
         backend=predictor.resolution.backend.value, backend_detail=predictor.backend.description,
         backend_reason=predictor.resolution.reason, device=predictor.resolution.device.value, decoder=decoder_name,
@@ -76,6 +86,7 @@ def _score(session: Session, on_progress, on_start) -> ScoreSummary:
     stages = Stages(
         files=session.discover(stats), already_done=index, decoder_factory=make_decoder,
         workers=threads.decode_workers, batch_size=cfg.batch_size, predict=predictor.predict_results,
+        submit=predictor.submit_results,
         write=lambda rows: writer.write(rows_to_table(rows, sch)),
         part_rows=cfg.part_rows, part_seconds=cfg.part_seconds, on_progress=on_progress,
     )

@@ -28,8 +28,24 @@ _POLL = 0.1  # seconds between stop checks while a queue is full/empty
 _DONE = object()
 
 
-def create_decoder_factory(cfg, predictor, threads: Threads) -> tuple[str, Callable[[], Any]]:
-    """(name, factory) of the decoder each worker thread creates for itself."""
+def spawn_decode_children(cfg, threads: Threads) -> list:
+    """Decode children started before the model loads, so their interpreter start-up and
+    imports (~0.15 CPU-s each, a few % of a short run) overlap the model load instead of
+    delaying the first batch. Only where the process-isolated Python decoders are the
+    likely choice (a CUDA run picks DALI under ``auto``; unused children are killed)."""
+    from fracture_batch.decode.workers import spawn_decode_child
+
+    if (DecodeIsolation(cfg.decode_isolation) is not DecodeIsolation.PROCESS
+            or cfg.decoder not in ("python", "auto") or cfg.device == "cuda"):
+        return []
+    return [spawn_decode_child() for _ in range(threads.decode_workers)]
+
+
+def create_decoder_factory(cfg, predictor, threads: Threads, children: list | None = None
+                           ) -> tuple[str, Callable[[], Any]]:
+    """(name, factory) of the decoder each worker thread creates for itself. ``children``
+    (``spawn_decode_children``): adopted by the process-isolated decoders, one each; the
+    caller kills whatever is left in the list after the run."""
     from fracture_batch.decode.select import DecoderKind, resolve_decoder
 
     # "python" needs no DALI probe (importing DALI costs ~0.6 s and memory).
@@ -50,7 +66,16 @@ def create_decoder_factory(cfg, predictor, threads: Threads) -> tuple[str, Calla
         return f"nvimgcodec DICOM ({device})", lambda: NvImageCodecDecoder(spec, opts, batch_size=cfg.batch_size,
                                                                            device=device)
     if DecodeIsolation(cfg.decode_isolation) is DecodeIsolation.PROCESS:
-        return "python (process-isolated)", lambda: ProcessDecoder(spec, opts, cfg.decode_timeout)
+        spare = children if children is not None else []
+
+        def process_decoder() -> ProcessDecoder:
+            try:
+                child = spare.pop()  # atomic: worker threads call this concurrently
+            except IndexError:
+                child = None
+            return ProcessDecoder(spec, opts, cfg.decode_timeout, child=child)
+
+        return "python (process-isolated)", process_decoder
     return "python (threads)", lambda: PythonDecoder(spec, opts)
 
 
@@ -68,10 +93,14 @@ class Stages:
         self, *, files: Iterable[InputFile], already_done, decoder_factory: Callable[[], Any], workers: int,
         batch_size: int, predict: Callable[[list[DecodeResult]], list[dict]], write: Callable[[list[dict]], Any],
         part_rows: int, part_seconds: float, on_progress: Callable[[int, int | None], None] | None = None,
+        submit: Callable[[list[DecodeResult]], Callable[[], list[dict]]] | None = None,
     ):
         self.files, self.already_done = files, already_done
         self.decoder_factory, self.workers, self.batch_size = decoder_factory, max(1, workers), max(1, batch_size)
         self.predict, self.write = predict, write
+        # ``submit(batch)`` starts a batch and returns what finishes it (Predictor.submit_results):
+        # the inference stage then collects batch N only after starting batch N + 1.
+        self.submit = submit or (lambda batch: (lambda rows: lambda: rows)(predict(batch)))
         self.part_rows, self.part_seconds = max(1, part_rows), part_seconds
         self.on_progress = on_progress or (lambda done, total: None)
         # How files were decoded (device / cpu:<why> / ...), for _SUCCESS; decoders that
@@ -178,11 +207,12 @@ class Stages:
 
     def _infer(self) -> None:
         pending: list[DecodeResult] = []
+        running = None  # finishes the batch the backend is working on (one in flight at most)
         finished = 0
         while finished < self.workers:
             try:
                 # Wait briefly for a full batch; flush a partial one rather than idle.
-                item = self._get(self.decoded_q, timeout=0.05 if pending else None)
+                item = self._get(self.decoded_q, timeout=0.05 if pending or running else None)
             except queue.Empty:
                 item = None
             if item is _DONE:
@@ -191,8 +221,16 @@ class Stages:
                 pending.append(item)
             ready = sum(r.tensor is not None for r in pending)
             if pending and (ready >= self.batch_size or item is None or finished == self.workers):
-                self._put(self.rows_q, self.predict(pending))
+                job = self.submit(pending)  # starts before the previous batch is collected
                 pending = []
+                if running is not None:
+                    self._put(self.rows_q, running())
+                running = job
+            elif running is not None and item is None:  # nothing new: hand over what is done
+                self._put(self.rows_q, running())
+                running = None
+        if running is not None:
+            self._put(self.rows_q, running())
         self._put(self.rows_q, _DONE)
 
     def _writer(self) -> None:

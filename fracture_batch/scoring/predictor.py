@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -72,18 +72,43 @@ class Predictor:
         committed parts intact and a re-run retries those files, where error rows
         would have recorded them as done for good.
         """
+        return self.submit_results(results)()
+
+    def submit_results(self, results: Sequence[DecodeResult]) -> Callable[[], list[dict[str, Any]]]:
+        """``predict_results`` in two halves: start the batch, return what finishes it.
+
+        With a backend that can run a batch in the background (``submit``: OpenVINO) the
+        caller prepares the next batch while this one runs; with any other backend the
+        batch is predicted here and the returned function only hands the rows over."""
         ok = [i for i, r in enumerate(results) if r.tensor is not None]
-        rows: list[dict[str, Any] | None] = [None] * len(results)
-        if ok:
-            t0 = time.perf_counter()
-            batch = _stack([results[i].tensor for i in ok], [results[i].ready for i in ok],
-                           getattr(self.backend, "stream", None))
+        if not ok:
+            rows = self._rows(results, ok, None, [], 0.0)
+            return lambda: rows
+        t0 = time.perf_counter()
+        batch = _stack([results[i].tensor for i in ok], [results[i].ready for i in ok],
+                       getattr(self.backend, "stream", None))
+        submit = getattr(self.backend, "submit", None)
+        if submit is None or (self.backend.max_batch and len(batch) > self.backend.max_batch):
             probs, labels = self.predict_array(batch)
-            per_image_ms = (time.perf_counter() - t0) * 1000.0 / len(ok)
-            for j, i in enumerate(ok):
-                r = results[i]
-                rows[i] = ok_row(r.file.path, r.file.relpath, probs[j], labels[j], self.ctx,
-                                 file_size=r.file.size, infer_ms=per_image_ms, **r.info)
+            rows = self._rows(results, ok, probs, labels, (time.perf_counter() - t0) * 1000.0 / len(ok))
+            return lambda: rows
+        job = submit(batch)
+
+        def finish() -> list[dict[str, Any]]:
+            probs = self.spec.probabilities(job.result())
+            # submit -> result: with a batch ahead of it, this includes its wait in the queue
+            return self._rows(results, ok, probs, self.spec.labels(probs),
+                              (time.perf_counter() - t0) * 1000.0 / len(ok))
+
+        return finish
+
+    def _rows(self, results: Sequence[DecodeResult], ok: list[int], probs, labels,
+              per_image_ms: float) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any] | None] = [None] * len(results)
+        for j, i in enumerate(ok):
+            r = results[i]
+            rows[i] = ok_row(r.file.path, r.file.relpath, probs[j], labels[j], self.ctx,
+                             file_size=r.file.size, infer_ms=per_image_ms, **r.info)
         for i, r in enumerate(results):
             if rows[i] is None:
                 rows[i] = error_row(r.file.path, r.file.relpath, r.error or "not decoded", self.ctx,
