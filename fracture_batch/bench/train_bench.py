@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -359,12 +360,13 @@ def _primitives_markdown(prims: list[dict]) -> list[str]:
              "activation reorders, and the rest of the step (batch norm, ReLU, adds, the Adam step: ATen "
              "kernels).", "",
              "| variant | px | batch | step ms | conv forward | backward-data | backward-weights | reorders "
-             "| rest | kernels |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| rest | ISA |", "|---|---|---|---|---|---|---|---|---|---|"]
     for p in prims:
         g = p["groups"]
         cells = [f"{g[c]['ms']:.0f} ms ({g[c]['gflops']:.0f} GFLOP/s)" if c in g else "-" for c in cols]
         onednn = sum(v["ms"] for v in g.values())
-        impls = sorted({i.split(":", 1)[-1] for c in cols if c in g for i in g[c]["impls"]})
+        # implementation names look like "brg_conv_bwd:avx10_1_512_amx+brgconv_1x1:avx10_1_512_amx"
+        impls = sorted({isa for c in cols if c in g for i in g[c]["impls"] for isa in re.findall(r":(\w+)", i)})
         lines.append(f"| {p['variant']} | {p['image_size']} | {p['batch_size']} | {1e3 * p['step_s']:.0f} "
                      f"| {' | '.join(cells)} | {g.get('reorder', {}).get('ms', 0):.0f} ms "
                      f"| {1e3 * p['step_s'] - onednn:.0f} ms | {', '.join(impls)} |")
