@@ -100,7 +100,7 @@ class Stages:
         self.predict, self.write = predict, write
         # ``submit(batch)`` starts a batch and returns what finishes it (Predictor.submit_results):
         # the inference stage then collects batch N only after starting batch N + 1.
-        self.submit = submit or (lambda batch: (lambda rows: lambda: rows)(predict(batch)))
+        self.submit = submit or self._predict_now
         self.part_rows, self.part_seconds = max(1, part_rows), part_seconds
         self.on_progress = on_progress or (lambda done, total: None)
         # How files were decoded (device / cpu:<why> / ...), for _SUCCESS; decoders that
@@ -204,6 +204,10 @@ class Stages:
             decoder.close()
             if not self.stop.is_set():
                 self._put(self.decoded_q, _DONE)
+
+    def _predict_now(self, batch: list[DecodeResult]) -> Callable[[], list[dict]]:
+        rows = self.predict(batch)
+        return lambda: rows
 
     def _infer(self) -> None:
         pending: list[DecodeResult] = []
